@@ -298,7 +298,11 @@ def _fit(args, mode, make_criterion, device):
     model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    criterion = (make_criterion(args, info, model, device) if make_criterion else SegmentationLoss(info.ignore_index))
+    # The loss's own randomness (teacher construction, alignment-layer init) stays off the global stream, so a
+    # distillation run with alpha 0 replays the scratch run exactly.
+    with torch.random.fork_rng(devices=[]):
+        criterion = (make_criterion(args, info, model, device) if make_criterion
+                     else SegmentationLoss(info.ignore_index))
     criterion.to(device)
     trainable_loss_params = [p for p in criterion.parameters() if p.requires_grad]
     optimizer = build_optimizer(args, list(model.parameters()) + trainable_loss_params)
@@ -340,7 +344,8 @@ def _fit(args, mode, make_criterion, device):
         if ckpt.get("finished"):
             if main_proc:
                 print(f"{run}: training already finished ({resume}); nothing to do")
-            return {"best_miou": best_miou, "history": history, "best_path": best_path, "skipped": True}
+            return {"best_miou": best_miou, "history": history, "best_path": best_path, "skipped": True,
+                    "model": model, "criterion": criterion}
 
     train_model = model
     if utils.is_dist():
@@ -381,6 +386,7 @@ def _fit(args, mode, make_criterion, device):
                                     autocast=autocast, scaler=scaler, scheduler_step=scheduler_step,
                                     channels_last=args.channels_last, log_interval=args.log_interval,
                                     progress=not args.no_progress)
+            utils.average_buffers(model)
             cm, _ = evaluate(model, val_loader, device, info.num_classes, info.ignore_index, autocast=autocast,
                              channels_last=args.channels_last, progress=not args.no_progress)
             res = cm.compute()
@@ -424,7 +430,8 @@ def _fit(args, mode, make_criterion, device):
         save_predictions(model, val_set, device, info, os.path.join(args.save_dir, f"{run}_predictions.png"),
                          range(min(args.num_vis, len(val_set))), args.channels_last, title=f"{run}: {args.model_name}, last epoch")
         print(f"{run}: best val mIoU {best_miou:.4f}; weights in {best_path}")
-    return {"best_miou": best_miou, "history": history, "best_path": best_path, "skipped": False}
+    return {"best_miou": best_miou, "history": history, "best_path": best_path, "skipped": False, "model": model,
+            "criterion": criterion}
 
 
 def run_cli(main_fn, parser):

@@ -61,7 +61,7 @@ class ConfusionMatrix:
         iou = self._iou(mat)
         miou = float(torch.nanmean(iou)) if torch.isfinite(iou).any() else float("nan")
         total = mat.sum()
-        acc = float(torch.diag(mat).sum() / total) if total > 0 else float("nan")
+        acc = float(torch.diag(mat).sum().double() / total) if total > 0 else float("nan")
         # The original's computation: 255 clamped into class C-1, every pixel counted.
         clamped = self.mat[:n].clone().cpu()
         clamped[n - 1] += self.mat[n].cpu()
@@ -231,12 +231,15 @@ def all_reduce_mean(t):
     return t
 
 
-def broadcast_object(obj):
+def average_buffers(model):
+    """Average BatchNorm running statistics across processes (timm's distribute_bn): DDP keeps parameters in step
+    but each rank's running statistics drift with its own batches, so every rank would validate a different model."""
     if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf /= get_world_size()
 
 
 def synchronize(device):

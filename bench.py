@@ -1,0 +1,402 @@
+"""Speed of the repo's training and inference path against the original project's choices: same weights, one run.
+
+    python bench.py --device cpu --threads 16                            # CPU, fp32: 4 workloads x 2 paths
+    python bench.py --device cuda --amp --compile --json bench_gpu.json  # GPU: bf16 autocast + torch.compile
+    python bench.py --device cuda --workloads feature --check            # one workload; first check the losses agree
+    python bench.py --epoch_bench --device cuda                          # 1 epoch of train_kd.py vs the original's
+    python bench.py --img_size 64 --batch_size 2 --warmup 1 --steps 2 --threads 1   # smoke run (a minute on a laptop)
+    python bench.py --epoch_bench --img_size 64 --epoch_images 8                    # epoch smoke run
+
+Workloads on synthetic tensors: scratch (student light, cross-entropy), response and feature (one KD step),
+inference (student forward). Both paths load one set of random weights (--check: they compute the same losses).
+  reference  the original's choices, run by the code of ORIGINAL_TRAIN_KD below: float32, NCHW, the student
+             classifying after upsampling, the whole torchvision fcn_resnet50 teacher (aux head too) under no_grad
+             with hooks on layer1..3, .item() every step
+  optimised  the repo's code: train.train_one_epoch, channels_last, classify-then-upsample, FrozenTeacher under
+             inference_mode (feature KD stops after layer3), the losses of train.py / train_kd.py, --amp, --compile
+Each (workload, path) runs in its own process (so its peak memory is its own); the device is synchronised at each
+step's clock reading. --epoch_bench times whole processes: one epoch of train_kd.py against ORIGINAL_TRAIN_KD.
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import torch
+from torchvision.models.segmentation import fcn_resnet50
+
+import train
+import train_kd
+import utils
+from model import LightSegNet, build_model
+from teacher import FEATURE_CHANNELS, FrozenTeacher, TappedSegNet
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = ("scratch", "response", "feature", "inference")
+TAG = "BENCH_JSON "  # marks the child's result line on stdout
+
+ORIGINAL_TRAIN_KD = r'''
+"""What the original train_kd.py did, for one epoch: PIL transforms on every read, 8 workers with pinned memory,
+NCHW float32, the upsample-then-classify student, the whole torchvision teacher under no_grad with hooks on
+layer1..3, .item() every step, a validation pass with mIoU, the student saved. bench.py's reference path runs build()
+and train_epoch() too. argv: method root size batch teacher_weights device out_dir"""
+import os, sys
+import numpy as np, torch, torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from torchvision.models.segmentation import fcn_resnet50
+from model import build_model
+
+TAPS, ALPHA, TEMP = ("layer1", "layer2", "layer3"), 0.5, 2.0
+
+class VOCSeg(Dataset):
+    def __init__(self, root, split, size, train):
+        base = os.path.join(root, "VOCdevkit", "VOC2012")
+        ids = open(f"{base}/ImageSets/Segmentation/{split}.txt").read().split()
+        self.items = [(f"{base}/JPEGImages/{i}.jpg", f"{base}/SegmentationClass/{i}.png") for i in ids]
+        colour = [T.ColorJitter(0.2, 0.2, 0.2, 0.1), T.RandomGrayscale(0.2), T.RandomApply([T.GaussianBlur(5)], p=0.3),
+                  T.RandomAdjustSharpness(2, p=0.3), T.RandomAutocontrast(p=0.3)] if train else []
+        self.image_tf = T.Compose([T.Resize((size, size)), *colour, T.ToTensor(),
+                                   T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+        self.mask_tf = T.Resize((size, size), interpolation=T.InterpolationMode.NEAREST)
+    def __len__(self):
+        return len(self.items)
+    def __getitem__(self, i):
+        image, mask = Image.open(self.items[i][0]).convert("RGB"), Image.open(self.items[i][1])
+        return self.image_tf(image), torch.as_tensor(np.array(self.mask_tf(mask)), dtype=torch.long)
+
+def build(method, device, teacher_sd, student_sd=None, align_sd=None):
+    """method: scratch | response | feature. Returns (student, loss_fn(images, masks), optimizer)."""
+    student = build_model("light", 21, upsample_first=True)
+    student.load_state_dict(student_sd) if student_sd else None
+    student.to(device)
+    align = torch.nn.ModuleList(torch.nn.Conv2d(s, t, 1) for s, t in zip((24, 32, 1280), (256, 512, 1024)))
+    align.load_state_dict(align_sd) if align_sd else None
+    align.to(device)
+    feats = {}
+    if method != "scratch":
+        teacher = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+        teacher.load_state_dict(teacher_sd)
+        teacher.to(device).eval()
+        for n in TAPS:
+            getattr(teacher.backbone, n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o))
+
+    def loss_fn(images, masks):
+        out = student(images, return_features=method == "feature")
+        logits = out[0] if method == "feature" else out
+        ce = F.cross_entropy(logits, masks, ignore_index=255)
+        if method == "scratch":
+            return ce
+        with torch.no_grad():
+            t_logits = teacher(images)["out"]  # all of it: layer4, the FCN head, the aux head, the upsampling
+        if method == "response":
+            kd = F.kl_div(F.log_softmax(logits / TEMP, 1), F.log_softmax(t_logits / TEMP, 1), reduction="none",
+                          log_target=True).sum(1).mean() * TEMP * TEMP
+        else:
+            kd = sum((1 - F.cosine_similarity(conv(F.interpolate(s, size=feats[n].shape[-2:], mode="bilinear")),
+                                               feats[n], dim=1)).mean() for conv, s, n in zip(align, out[1], TAPS)) / 3
+        return ALPHA * kd + (1 - ALPHA) * ce
+
+    params = list(student.parameters()) + (list(align.parameters()) if method == "feature" else [])
+    adam = torch.optim.Adam if method == "scratch" else torch.optim.AdamW  # original train.py / train_kd.py
+    return student, loss_fn, adam(params, lr=1e-3, weight_decay=1e-4)
+
+def train_epoch(student, loss_fn, optimizer, loader, device):
+    student.train()
+    running, steps = 0.0, 0
+    for steps, (images, masks) in enumerate(loader, 1):
+        images, masks = images.to(device), masks.to(device)
+        loss = loss_fn(images, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running += loss.item()  # a host sync every step
+    return running / max(steps, 1)
+
+def main(method, root, size, batch, weights, device, out):
+    size, batch, device = int(size), int(batch), torch.device(device)
+    kw = dict(batch_size=batch, num_workers=8, pin_memory=True)
+    train_loader = DataLoader(VOCSeg(root, "train", size, True), shuffle=True, **kw)
+    val_loader = DataLoader(VOCSeg(root, "val", size, False), shuffle=False, **kw)
+    student, loss_fn, optimizer = build(method, device, torch.load(weights, map_location="cpu"))
+    loss = train_epoch(student, loss_fn, optimizer, train_loader, device)
+    student.eval()
+    hist = np.zeros((21, 21))
+    with torch.no_grad():
+        for images, masks in val_loader:
+            pred, m = student(images.to(device)).argmax(1).cpu().numpy(), masks.numpy()
+            hist += np.bincount(21 * m[m < 21] + pred[m < 21], minlength=441).reshape(21, 21)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        miou = np.nanmean(np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist)))
+    torch.save(student.state_dict(), os.path.join(out, method + "_best.pth"))
+    print(f"original {method}: loss {loss:.4f}, val mIoU {miou:.4f}")
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
+'''
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Benchmark the repo's path against the original's choices")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--img_size", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (lazy init, cudnn autotune, compile)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps: their median and min-max are reported")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of " + ", ".join(WORKLOADS))
+    p.add_argument("--no_reference", action="store_true", help="time the optimised path only")
+    p.add_argument("--amp", action="store_true", help="optimised path: mixed precision (train.make_autocast)")
+    p.add_argument("--compile", action="store_true", help="optimised path: torch.compile the student")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads / OMP_NUM_THREADS (0: default)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--check", action="store_true", help="first compare both paths' losses (eval mode, fp32)")
+    p.add_argument("--epoch_bench", action="store_true", help="time one epoch of train_kd.py vs the original's")
+    p.add_argument("--epoch_images", type=int, default=64, help="epoch bench: train images (val: a quarter)")
+    p.add_argument("--_one", help=argparse.SUPPRESS)  # child process: this workload...
+    p.add_argument("--_path", help=argparse.SUPPRESS)  # ...on this path
+    return p
+
+
+# --------------------------------------------------------------------------- the two paths
+def canonical_weights():
+    """The one set of random weights that every path in every process loads."""
+    torch.manual_seed(0)
+    return {"student": build_model("light").state_dict(),
+            "teacher": fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict(),
+            "align": train_kd.Align(LightSegNet.feature_channels, FEATURE_CHANNELS[:3]).state_dict()}
+
+
+def build_reference(workload, device, weights):
+    original = {"__name__": "original_train_kd"}
+    exec(compile(ORIGINAL_TRAIN_KD, "original_train_kd.py", "exec"), original)  # noqa: S102 - our own string
+    align = {k.removeprefix("convs."): v for k, v in weights["align"].items()}
+    student, loss_fn, optimizer = original["build"]("scratch" if workload == "inference" else workload, device,
+                                                    weights["teacher"], weights["student"], align)
+    if workload == "inference":
+        def infer(loader):
+            student.eval()
+            with torch.no_grad():
+                for images, _ in loader:
+                    student(images.to(device))
+        return SimpleNamespace(run=infer, loss=lambda x, y: student(x), student=student)
+    return SimpleNamespace(run=lambda loader: original["train_epoch"](student, loss_fn, optimizer, loader, device),
+                           loss=loss_fn, student=student)
+
+
+def build_optimised(workload, device, weights, amp=False, compile=False):
+    student = build_model("light")
+    student.load_state_dict(weights["student"])
+    student.to(device).to(memory_format=torch.channels_last)
+    autocast, scaler = train.make_autocast(device, amp)
+    model = torch.compile(student) if compile else student
+    cl = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    if workload == "inference":
+        def infer(loader):
+            model.eval()
+            with torch.inference_mode(), autocast:
+                for images, targets in loader:
+                    model(train.to_device(images, targets, device, True)[0])
+        return SimpleNamespace(run=infer, loss=lambda x, y: student(cl(x)), student=student)
+    # The flags of a real run: train.py's for scratch, train_kd.py's (AdamW, alpha, temperature) for KD.
+    args = (train if workload == "scratch" else train_kd).get_args_parser().parse_args([])
+    if workload == "scratch":
+        criterion = train.SegmentationLoss()
+    else:
+        net = TappedSegNet("fcn_resnet50", 21)
+        net.load_state_dict({k: v for k, v in weights["teacher"].items() if not k.startswith("aux_classifier.")})
+        frozen = FrozenTeacher(net).to(device).to(memory_format=torch.channels_last)  # as train_kd.make_criterion
+        if workload == "response":
+            criterion = train_kd.ResponseKDLoss(frozen, args.alpha, args.temperature)
+        else:
+            criterion = train_kd.FeatureKDLoss(frozen, student.feature_channels, args.alpha)
+            criterion.align.load_state_dict(weights["align"])
+    criterion.to(device)
+    optimizer = train.build_optimizer(
+        args, list(student.parameters()) + [p for p in criterion.parameters() if p.requires_grad])
+
+    def run(loader):
+        train.train_one_epoch(model, criterion, optimizer, loader, device, 0, autocast=autocast, scaler=scaler,
+                              channels_last=True, progress=False)
+
+    def loss_fn(x, y):
+        return criterion(cl(x), student(cl(x), return_features=criterion.needs_features), y)["loss"]
+    return SimpleNamespace(run=run, loss=loss_fn, student=student)
+
+
+def timed_batches(batch, n, device, stamps):
+    """One fixed batch, n times. The loop under test runs unchanged; the clock is read (device synchronised) as each
+    step asks for its batch and once after the last step, so consecutive readings bracket exactly one step."""
+    for i in range(n + 1):
+        utils.synchronize(device)
+        stamps.append(time.perf_counter())
+        if i < n:
+            yield batch
+
+
+def synthetic_batch(args, device):
+    g = torch.Generator().manual_seed(1)
+    n, s = args.batch_size, args.img_size
+    images, targets = torch.randn(n, 3, s, s, generator=g), torch.randint(0, 21, (n, s, s), generator=g)
+    return (images.pin_memory(), targets.pin_memory()) if device.type == "cuda" else (images, targets)
+
+
+def peak_rss():
+    """Peak RSS in bytes. Linux carries ru_maxrss over fork and exec (a child's would include its parent's peak);
+    /proc's VmHWM starts afresh at exec."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def one(args):
+    """Child process: one workload on one path; prints one JSON line."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and args._path == "optimised":
+        torch.backends.cudnn.benchmark = True  # as train.py's fit()
+    weights = canonical_weights()
+    path = (build_reference(args._one, device, weights) if args._path == "reference" else
+            build_optimised(args._one, device, weights, args.amp, args.compile))
+    del weights
+    batch = synthetic_batch(args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stamps = []
+    if args.warmup:
+        path.run(timed_batches(batch, args.warmup, device, []))
+    path.run(timed_batches(batch, args.steps, device, stamps))
+    t = [b - a for a, b in zip(stamps, stamps[1:])]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+    print(TAG + json.dumps({"workload": args._one, "path": args._path, "median_s": statistics.median(t),
+                            "min_s": min(t), "max_s": max(t), "img_per_s": args.batch_size / statistics.median(t),
+                            "peak_mem_bytes": peak, "times_s": t}), flush=True)
+
+
+# --------------------------------------------------------------------------- the parent
+def check(args, device, workloads):
+    """Both paths on one batch in eval mode (no dropout) and fp32: the same function up to float rounding."""
+    weights, (x, y) = canonical_weights(), synthetic_batch(args, torch.device("cpu"))
+    x, y = x.to(device), y.to(device)
+    for w in workloads:
+        ref, opt = build_reference(w, device, weights), build_optimised(w, device, weights)
+        ref.student.eval(), opt.student.eval()
+        with torch.no_grad():
+            a, b = ref.loss(x, y).float(), opt.loss(x, y).float()
+        print(f"check {w:<10} reference {a.abs().mean():.6f}  optimised {b.abs().mean():.6f}  max |difference| "
+              f"{(a - b).abs().max():.2e}" + ("  (logits: mean |value|)" if a.ndim else "  (loss)"))
+
+
+def print_row(r, rows):
+    if r is None:
+        return print(f"{'workload':<11}{'path':<11}{'s/step (median, min-max)':<30}{'img/s':>9}{'peak mem':>11}")
+    if "error" in r:
+        return print(f"{r['workload']:<11}{r['path']:<11}failed: {r['error']}", flush=True)
+    ref = [q for q in rows if q["workload"] == r["workload"] and q["path"] == "reference" and "error" not in q]
+    ratio = f"{ref[0]['median_s'] / r['median_s']:9.2f}x" if ref and r["path"] == "optimised" else ""
+    s = f"{r['median_s']:.4g} ({r['min_s']:.4g}-{r['max_s']:.4g})"
+    print(f"{r['workload']:<11}{r['path']:<11}{s:<30}{r['img_per_s']:>9.2f}{r['peak_mem_bytes'] / 1e9:>8.2f} GB"
+          f"{ratio}", flush=True)
+
+
+def step_bench(args, device, workloads):
+    rows = []
+    for w in workloads:
+        for p in ("optimised",) if args.no_reference else ("reference", "optimised"):
+            cmd = [sys.executable, os.path.join(REPO, "bench.py"), "--_one", w, "--_path", p, "--device", str(device)]
+            cmd += [f"--{k}={getattr(args, k)}" for k in ("img_size", "batch_size", "warmup", "steps", "threads")]
+            cmd += ["--amp"] * args.amp + ["--compile"] * args.compile
+            res = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)  # stderr: straight through
+            lines = [line for line in res.stdout.splitlines() if line.startswith(TAG)]
+            rows.append(json.loads(lines[-1][len(TAG):]) if res.returncode == 0 and lines else
+                        {"workload": w, "path": p, "error": f"child exited {res.returncode}; see stderr above"})
+            print_row(rows[-1], rows)
+    return rows
+
+
+def epoch_bench(args, device, workloads):
+    tmp = tempfile.mkdtemp(prefix="kd_epoch_bench_")
+    env = {**os.environ, "PYTHONPATH": REPO, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    s, b, n_val = str(args.img_size), str(args.batch_size), max(2, args.epoch_images // 4)
+
+    def timed(cmd):
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if res.returncode:
+            sys.exit(f"error: {' '.join(cmd)} exited {res.returncode}:\n{res.stdout[-3000:]}")
+        return time.perf_counter() - t0, (res.stdout.strip().splitlines() or [""])[-1]
+
+    rows = []
+    try:  # the temporary folder goes whatever happens
+        data, weights, script = (os.path.join(tmp, f) for f in ("data", "teacher.pth", "original_train_kd.py"))
+        timed([sys.executable, "dataset.py", "--make_synthetic", data, "--num_train", str(args.epoch_images),
+               "--num_val", str(n_val), "--height", s, "--width", s])
+        # Untimed: the first timed run must not pay alone for cold caches (a fresh machine builds matplotlib's fonts).
+        timed([sys.executable, "-c", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot, train_kd"])
+        torch.save(canonical_weights()["teacher"], weights)  # torchvision's format, aux head included
+        with open(script, "w") as f:
+            f.write(ORIGINAL_TRAIN_KD)
+        print(f"epoch bench: 1 epoch of {args.epoch_images} train + {n_val} val images at {s}x{s}, batch {b}, "
+              f"{device}{', repo with --amp' if args.amp else ''}{' --compile' if args.compile else ''}; "
+              "wall seconds of the whole process")
+        for m in [w for w in workloads if w in ("response", "feature")]:
+            out = [os.path.join(tmp, f"{p}_{m}") for p in ("original", "repo")]
+            os.makedirs(out[0])
+            t_orig, last_orig = timed([sys.executable, script, m, data, s, b, weights, str(device), out[0]])
+            t_repo, last_repo = timed([sys.executable, "train_kd.py", "--kd_method", m, "--root_dir", data,
+                                       "--epochs", "1", "--img_size", s, "--batch_size", b, "--save_dir", out[1],
+                                       "--num_vis", "0", "--no_progress", "--teacher_weights", weights,
+                                       "--device", str(device)] + ["--amp"] * args.amp + ["--compile"] * args.compile)
+            rows.append({"method": m, "original_s": t_orig, "repo_s": t_repo, "ratio": t_orig / t_repo})
+            print(f"{m:<10} original {t_orig:8.1f} s   repo {t_repo:8.1f} s   {t_orig / t_repo:6.2f}x\n"
+                  f"           ({last_orig})\n           ({last_repo})", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def main(args):
+    if args._one:
+        return one(args)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not workloads or set(workloads) - set(WORKLOADS):
+        sys.exit(f"--workloads {args.workloads}: choose from {', '.join(WORKLOADS)}")
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 2:
+        sys.exit("--steps must be >= 1, --warmup >= 0 and --batch_size >= 2 (BatchNorm in training)")
+    device, _ = utils.init_distributed(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = {k: getattr(args, k) for k in ("img_size", "batch_size", "warmup", "steps", "amp", "compile", "threads")}
+    config.update(device=str(device), torch=torch.__version__,
+                  gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    result = {"config": config}
+    if args.epoch_bench:
+        result["epoch"] = epoch_bench(args, device, workloads)
+    else:
+        if args.check:
+            check(args, device, workloads)
+        print(f"{device}{' ' + config['gpu'] if config['gpu'] else ''}, torch {torch.__version__}, "
+              f"{args.img_size}x{args.img_size}, batch {args.batch_size}, warm-up {args.warmup}, {args.steps} timed "
+              f"steps, optimised: {'amp' if args.amp else 'fp32'}{', compile' if args.compile else ''}"
+              f"{f', {args.threads} threads' if args.threads else ''}")
+        print_row(None, [])
+        result["steps"] = step_bench(args, device, workloads)
+        print("ratio = reference median / optimised median. peak mem: " + (
+            "torch.cuda.max_memory_allocated in the workload's own process, weights included." if device.type == "cuda"
+            else "peak RSS (VmHWM) of the workload's own process: Python, torch and weights included."))
+    if args.json:
+        utils.atomic_write_text(args.json, json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny synthetic VOC-layout dataset and torchvision-format teacher weights, both made here
+(the tests never touch the network or ../shared)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from dataset import make_synthetic_voc  # noqa: E402
+from teacher import hub_weights_path  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_voc(str(out), num_train=8, num_val=4, size=(40, 48), seed=0)
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory):
+    """A torch hub cache holding a random fcn_resnet50 state dict under torchvision's own file name and keys
+    (aux head included, as in COCO_WITH_VOC_LABELS_V1), standing in for the real download."""
+    from torchvision.models.segmentation import fcn_resnet50
+
+    home = tmp_path_factory.mktemp("torch_home")
+    old = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    try:
+        path = hub_weights_path("fcn_resnet50")
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_HOME")
+        else:
+            os.environ["TORCH_HOME"] = old
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict(), path)
+    return str(home)
+
+
+def cli_env(torch_home=None):
+    env = dict(os.environ, SEGKD_OFFLINE="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    if torch_home:
+        env["TORCH_HOME"] = torch_home
+    return env
+
+
+def run_cli(args, cwd, torch_home=None, check=True, timeout=300):
+    """Run one of the repo's scripts as a user would, in its own process."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(torch_home), capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

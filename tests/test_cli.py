@@ -1,0 +1,159 @@
+"""The five commands of the README, as a user types them (only --root_dir and size flags added), each in its own
+process, then the errors a user can meet."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, cli_env, run_cli
+
+SMALL = ["--img_size", "32", "--batch_size", "4", "--num_workers", "0", "--no_progress"]
+
+
+def script(name):
+    return os.path.join(ROOT, name)
+
+
+@pytest.fixture(scope="module")
+def pipeline(synthetic_root, torch_home, tmp_path_factory):
+    """teacher -> regular -> response -> feature -> the four test rows, in one working folder."""
+    cwd = tmp_path_factory.mktemp("pipeline")
+    data = ["--root_dir", synthetic_root]
+    out = {"cwd": cwd}
+    out["teacher"] = run_cli([script("train.py"), "--model_name", "teacher", "--epochs", "1", *data, *SMALL],
+                             cwd, torch_home)
+    out["regular"] = run_cli([script("train.py"), "--model_name", "light", "--epochs", "2", *data,
+                              "--img_size", "32", "--batch_size", "4", "--num_workers", "1", "--no_progress"],
+                             cwd, torch_home)
+    out["response"] = run_cli([script("train_kd.py"), "--kd_method", "response", "--temperature", "4", "--alpha",
+                               "0.3", "--epochs", "1", *data, *SMALL], cwd, torch_home)
+    out["feature"] = run_cli([script("train_kd.py"), "--kd_method", "feature", "--model_name", "light",
+                              "--epochs", "1", *data, *SMALL], cwd, torch_home)
+    for mode in ("teacher", "regular", "response", "feature"):
+        out[f"test_{mode}"] = run_cli([script("test.py"), "--training_mode", mode, *data, "--img_size", "32",
+                                       "--num_workers", "0", "--no_progress", "--num_vis", "2"], cwd, torch_home)
+    return out
+
+
+def test_model_summary():
+    proc = run_cli([script("model.py"), "--m", "light", "--img_size", "64"], ROOT)
+    assert "Total params: 13,317,141" in proc.stdout  # the torchsummary table
+    assert "total parameters: 13,317,141" in proc.stdout and "GFLOP" in proc.stdout
+    best = run_cli([script("model.py"), "-m", "best", "--img_size", "64", "--no_table"], ROOT)
+    assert "model: best" in best.stdout  # the model named is the one summarised
+
+
+def test_training_writes_checkpoints_logs_and_pictures(pipeline):
+    w = pipeline["cwd"] / "weights"
+    for run in ("teacher", "regular", "response", "feature"):
+        for suffix in ("best.pth", "last.pth", "log.jsonl", "curves.png", "predictions.png"):
+            assert (w / f"{run}_{suffix}").is_file(), f"{run}_{suffix}"
+    lines = (w / "regular_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    kd = json.loads((w / "response_log.jsonl").read_text().splitlines()[0])
+    assert {"train_loss", "train_ce", "train_kd", "val_miou"} <= kd.keys()
+    ckpt = torch.load(w / "feature_best.pth", weights_only=True)
+    assert ckpt["model_name"] == "light" and not any(k.startswith("align") for k in ckpt["model"])
+    last = torch.load(w / "feature_last.pth", weights_only=True)  # resumable state, plain types only
+    assert {"optimizer", "lr_scheduler", "early_stopping", "rng", "epoch", "args", "criterion"} <= last.keys()
+    assert any(k.startswith("align.") for k in last["criterion"])
+    assert "teacher: fcn_resnet50 from weights/teacher_best.pth" in pipeline["response"].stdout
+
+
+def test_results_csv_has_four_rows_in_the_original_columns(pipeline):
+    with open(pipeline["cwd"] / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["training_mode"] for r in rows] == ["teacher", "regular", "response", "feature"]
+    header = open(pipeline["cwd"] / "results.csv").readline().strip().split(",")
+    assert header[:4] == ["training_mode", "mIoU_with_ignore", "mIoU_without_ignore", "avg_inference_time_ms"]
+    for r in rows:
+        assert 0 <= float(r["mIoU_with_ignore"]) <= 1 and 0 <= float(r["mIoU_without_ignore"]) <= 1
+        assert float(r["avg_inference_time_ms"]) > 0
+    assert (pipeline["cwd"] / "visualizations" / "feature_0.png").is_file()
+    assert "mIoU (255 excluded)" in pipeline["test_feature"].stdout
+
+
+def test_errors_are_one_clear_message(synthetic_root, tmp_path):
+    data = ["--root_dir", synthetic_root]
+    cases = [
+        ([script("train_kd.py"), "--alpha", "1.5", *data], "--alpha 1.5"),
+        ([script("train_kd.py"), "--temperature", "0", *data], "--temperature 0.0"),
+        ([script("train.py"), "--batch_size", "0", *data], "--batch_size 0"),
+        ([script("train.py"), "--root_dir", str(tmp_path / "none")], "VOCdevkit"),
+        ([script("test.py"), "--training_mode", "response", *data, "--save_dir", str(tmp_path)],
+         "python train_kd.py --kd_method response"),
+        ([script("train_kd.py"), *data, *SMALL, "--save_dir", str(tmp_path / "w")], "Three ways out"),
+    ]
+    for args, expected in cases:
+        t0 = time.time()
+        proc = run_cli(args, tmp_path, torch_home=str(tmp_path / "empty_home"), check=False)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert expected in proc.stderr, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+        assert time.time() - t0 < 60  # fails within seconds, not after a training run (a loose bound)
+
+
+def test_bad_checkpoints(pipeline, synthetic_root, tmp_path):
+    data = ["--root_dir", synthetic_root, *SMALL, "--epochs", "1"]
+    w = pipeline["cwd"] / "weights"
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes((w / "regular_best.pth").read_bytes()[:1000])
+    proc = run_cli([script("test.py"), "--weights", str(corrupt), *data[:2], "--img_size", "32"], tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and str(corrupt) in proc.stderr and "corrupt" in proc.stderr
+    proc = run_cli([script("train.py"), "--model_name", "best", "--resume", str(w / "regular_last.pth"), *data,
+                    "--save_dir", str(tmp_path)], tmp_path, check=False)
+    assert proc.returncode == 2 and "holds a light with 21 classes" in proc.stderr
+
+
+def last_weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
+    args = [script("train.py"), "--root_dir", synthetic_root, "--epochs", "5", "--img_size", "32",
+            "--batch_size", "2", "--num_workers", "0", "--no_progress", "--num_vis", "0", "--seed", "3"]
+    run_cli(args + ["--save_dir", str(tmp_path / "a")], tmp_path)
+    b = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, *args, "--save_dir", str(b)], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = b / "regular_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(b / "regular_last.pth", weights_only=True)
+    assert not killed_at["finished"], "the run ended before it was killed: nothing was tested"
+    resumed = run_cli(args + ["--save_dir", str(b), "--resume", "auto"], tmp_path)
+    assert f"resumed from {b / 'regular_last.pth'}" in resumed.stdout
+    a_w, b_w = last_weights(tmp_path / "a" / "regular_last.pth"), last_weights(b / "regular_last.pth")
+    for k in a_w:
+        assert torch.equal(a_w[k], b_w[k]), k
+    a_log = [json.loads(x)["val_miou"] for x in (tmp_path / "a" / "regular_log.jsonl").read_text().splitlines()]
+    b_log = [json.loads(x)["val_miou"] for x in log.read_text().splitlines()]
+    assert a_log == b_log
+    again = run_cli(args + ["--save_dir", str(b), "--resume", "auto"], tmp_path)
+    assert "already finished" in again.stdout
+
+
+@pytest.mark.parametrize("method", ["response", "feature"])
+def test_kd_with_alpha_zero_reproduces_scratch_run(synthetic_root, torch_home, tmp_path, method):
+    """Same seed, optimizer, schedule and augmentation: the distillation term is the only difference."""
+    common = ["--root_dir", synthetic_root, "--epochs", "2", *SMALL, "--num_vis", "0", "--seed", "5",
+              "--optimizer", "adamw", "--augment", "kd", "--geometric"]
+    run_cli([script("train.py"), *common, "--save_dir", str(tmp_path / "a")], tmp_path, torch_home)
+    run_cli([script("train_kd.py"), "--kd_method", method, "--alpha", "0", *common, "--save_dir",
+             str(tmp_path / "b"), "--teacher_weights", os.path.join(torch_home, "hub", "checkpoints",
+                                                                    "fcn_resnet50_coco-1167a1af.pth")],
+            tmp_path, torch_home)
+    a = last_weights(tmp_path / "a" / "regular_last.pth")
+    b = last_weights(tmp_path / "b" / f"{method}_last.pth")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

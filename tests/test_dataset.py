@@ -1,0 +1,165 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset import (CAMVID, MEAN, STD, VOC, DatasetError, SegmentationDataset, build_dataset, make_synthetic_voc)
+
+SIZE = (48, 64)
+
+
+def blocks_pair(tmp_path, h=60, w=80):
+    """An image whose colour encodes the class of every pixel: after any geometric transform, the mask must still
+    say what the image shows."""
+    rng = np.random.default_rng(0)
+    label = np.zeros((h, w), np.uint8)
+    for k in range(1, 6):  # rectangles of classes 1..5 at random places
+        y, x = rng.integers(0, h - 20), rng.integers(0, w - 20)
+        label[y:y + 20, x:x + 20] = k
+    label[:3] = 255
+    colours = np.array([VOC.palette[i] for i in range(21)], np.uint8)
+    image = colours[np.where(label == 255, 0, label)]
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(label).save(tmp_path / "mask.png")
+    return str(tmp_path / "img.png"), str(tmp_path / "mask.png"), colours
+
+
+def decode_classes(image, colours):
+    rgb = image * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+    rgb = (rgb.permute(1, 2, 0).numpy() * 255)
+    d = ((rgb[:, :, None, :] - colours[None, None].astype(np.float64)) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def interior(mask, r=3):
+    """Pixels whose (2r+1)^2 neighbourhood holds one label: bilinear resampling (antialiased when shrinking, then
+    up to 2x enlarged by the random scale) blurs colours within about 3 px of a region edge, nowhere else."""
+    m = np.pad(mask, r, mode="edge")
+    same = np.ones_like(mask, bool)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            same &= m[r + dy:r + dy + mask.shape[0], r + dx:r + dx + mask.shape[1]] == mask
+    return same
+
+
+def test_geometric_augmentation_moves_image_and_mask_together(tmp_path):
+    img, msk, colours = blocks_pair(tmp_path)
+    ds = SegmentationDataset(VOC, [(img, msk)], SIZE, train=True, augment="none", geometric=True)
+    for seed in range(12):
+        image, mask = ds[(0, seed)]
+        mask = mask.numpy()
+        keep = interior(mask) & (mask != 255)
+        assert keep.sum() > 100
+        shown = decode_classes(image, colours)
+        agree = (shown[keep] == mask[keep]).mean()
+        assert agree == 1.0, f"seed {seed}: image and mask disagree on {1 - agree:.1%} of interior pixels"
+        flipped = mask[:, ::-1]  # the check can fail: a mask flipped without its image is caught
+        keep_f = interior(flipped) & (flipped != 255)
+        assert (shown[keep_f] == flipped[keep_f]).mean() < 0.9
+
+
+def test_colour_augmentation_never_touches_the_mask_and_keeps_255(tmp_path):
+    img, msk, _ = blocks_pair(tmp_path)
+    plain = SegmentationDataset(VOC, [(img, msk)], SIZE, train=False)[0][1]
+    assert (plain == 255).any()
+    for augment in ("train", "kd"):
+        ds = SegmentationDataset(VOC, [(img, msk)], SIZE, train=True, augment=augment)
+        for seed in range(5):
+            assert torch.equal(ds[(0, seed)][1], plain)
+    geo = SegmentationDataset(VOC, [(img, msk)], SIZE, train=True, augment="kd", geometric=True)
+    values = set(torch.unique(torch.stack([geo[(0, s)][1] for s in range(8)])).tolist())
+    assert 255 in values and values <= set(range(6)) | {255}
+
+
+def test_seeded_samples_are_reproducible(synthetic_root):
+    ds = build_dataset("voc", synthetic_root, "train", SIZE, train=True, augment="kd", geometric=True)
+    a, b, c = ds[(1, 7)], ds[(1, 7)], ds[(1, 8)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    image, mask = a
+    assert image.dtype == torch.float32 and image.shape == (3, *SIZE)
+    assert mask.dtype == torch.int64 and mask.shape == SIZE
+
+
+def test_synthetic_set_has_voc_layout_and_borders(synthetic_root):
+    base = os.path.join(synthetic_root, "VOCdevkit", "VOC2012")
+    ids = open(os.path.join(base, "ImageSets", "Segmentation", "train.txt")).read().split()
+    assert len(ids) == 8
+    mask = Image.open(os.path.join(base, "SegmentationClass", ids[0] + ".png"))
+    assert mask.mode == "P"
+    values = np.unique(np.asarray(mask))
+    assert 255 in values and 0 in values and len(values) >= 3
+    with Image.open(os.path.join(base, "JPEGImages", ids[0] + ".jpg")) as im:
+        assert im.format == "JPEG"
+
+
+def test_missing_voc_names_path_and_ways_out(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        build_dataset("voc", str(tmp_path / "nowhere"), "train", SIZE, train=True)
+    msg = str(err.value)
+    assert os.path.join("nowhere", "VOCdevkit", "VOC2012") in msg
+    assert "--download" in msg and "--make_synthetic" in msg
+
+
+def copy_voc(src_root, dst):
+    import shutil
+
+    shutil.copytree(src_root, dst)
+    return os.path.join(dst, "VOCdevkit", "VOC2012")
+
+
+def test_bad_files_are_named(synthetic_root, tmp_path):
+    base = copy_voc(synthetic_root, tmp_path / "voc")
+    lst = os.path.join(base, "ImageSets", "Segmentation", "val.txt")
+    ids = open(lst).read().split()
+    # a split list naming an image that does not exist
+    with open(lst, "a") as f:
+        f.write("not_there\n")
+    with pytest.raises(DatasetError, match="not_there"):
+        build_dataset("voc", str(tmp_path / "voc"), "val", SIZE, train=False)
+    open(lst, "w").write("\n".join(ids) + "\n")
+    # truncated image
+    jpg = os.path.join(base, "JPEGImages", ids[0] + ".jpg")
+    data = open(jpg, "rb").read()
+    open(jpg, "wb").write(data[: len(data) // 3])
+    ds = build_dataset("voc", str(tmp_path / "voc"), "val", SIZE, train=False)
+    with pytest.raises(DatasetError, match=ids[0]):
+        ds[0]
+    # mask with a value that is neither a class nor 255
+    png = os.path.join(base, "SegmentationClass", ids[1] + ".png")
+    m = np.asarray(Image.open(png)).copy()
+    m[0, 0] = 77
+    Image.fromarray(m).save(png)
+    with pytest.raises(DatasetError, match="77"):
+        ds[1]
+    # mask whose size differs from its image
+    png = os.path.join(base, "SegmentationClass", ids[2] + ".png")
+    Image.fromarray(np.zeros((5, 7), np.uint8)).save(png)
+    with pytest.raises(DatasetError, match="does not match"):
+        ds[2]
+
+
+def test_camvid_layout_resolved_by_file_name(tmp_path):
+    root = tmp_path / "camvid"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        lines = []
+        for i in range(n):
+            name = f"f{split}{i}.png"
+            Image.fromarray(rng.integers(0, 255, (18, 24, 3), dtype=np.uint8)).save(root / split / name)
+            Image.fromarray(rng.integers(0, 12, (18, 24), dtype=np.uint8)).save(root / f"{split}annot" / name)
+            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}")  # another machine's paths
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    ds = build_dataset("camvid", str(root), "train", (12, 16), train=True, augment="train", geometric=True)
+    assert len(ds) == 3 and ds.info is CAMVID and ds.info.num_classes == 11
+    values = set()
+    for i in range(3):
+        image, mask = ds[(i, 0)]
+        assert image.shape == (3, 12, 16) and mask.shape == (12, 16)
+        values |= set(mask.unique().tolist())
+    assert 11 not in values and 255 in values  # Unlabelled mapped to the ignore index
+    assert len(build_dataset("camvid", str(root), "val", (12, 16), train=False)) == 2

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from model import MODELS, build_model, count_parameters
+from teacher import FrozenTeacher, TappedSegNet, TeacherError, hub_weights_path, load_teacher
+
+
+def test_classify_then_upsample_equals_original_order():
+    """The optimised head (1x1 conv at stride 8, then upsample) gives the original's logits (upsample, then conv)."""
+    torch.manual_seed(0)
+    fast = build_model("light", 21).eval()
+    ref = build_model("light", 21, upsample_first=True).eval()
+    ref.load_state_dict(fast.state_dict())
+    fast_cl = build_model("light", 21).eval().to(memory_format=torch.channels_last)
+    fast_cl.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        a, b = ref(x), fast(x)
+        c = fast_cl(x.contiguous(memory_format=torch.channels_last))
+    assert a.shape == (2, 21, 64, 80)
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_registry_shapes_and_feature_taps(name):
+    model = build_model(name, 5).eval()
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        logits, feats = model(x, return_features=True)
+    assert logits.shape == (2, 5, 48, 64)
+    assert [f.shape[1] for f in feats][: len(model.feature_channels)] == list(model.feature_channels)[: len(feats)]
+    total, trainable = count_parameters(model)
+    assert total == trainable > 0
+
+
+def test_teacher_feature_path_stops_early_with_same_features():
+    torch.manual_seed(0)
+    net = TappedSegNet("fcn_resnet50", 21).eval()
+    teacher = FrozenTeacher(net)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        _, full = net(x, return_features=True)
+    early = teacher(x, need="features")
+    assert len(early) == 3
+    for a, b in zip(early, full[:3]):
+        torch.testing.assert_close(a, b)
+
+
+def test_teacher_loads_torchvision_weights_from_hub_cache(torch_home, monkeypatch, tmp_path):
+    """A file with torchvision's name and keys (aux head included) loads, and gives torchvision's own output."""
+    from torchvision.models.segmentation import fcn_resnet50
+
+    monkeypatch.setenv("TORCH_HOME", torch_home)
+    monkeypatch.setenv("SEGKD_OFFLINE", "1")
+    teacher, source = load_teacher("fcn_resnet50", 21, save_dir=str(tmp_path))
+    assert source == hub_weights_path("fcn_resnet50")
+    ref = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).eval()
+    ref.load_state_dict(torch.load(source, weights_only=True))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), ref(x)["out"])
+
+
+def test_teacher_weight_order_and_offline_error(torch_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("SEGKD_OFFLINE", "1")
+    # 1. --teacher_weights wins over everything.
+    own = TappedSegNet("fcn_resnet50", 21)
+    path = tmp_path / "mine.pth"
+    torch.save({"model": own.state_dict(), "model_name": "teacher"}, path)
+    monkeypatch.setenv("TORCH_HOME", torch_home)
+    _, source = load_teacher("fcn_resnet50", 21, teacher_weights=str(path), save_dir=str(tmp_path))
+    assert source == str(path)
+    # 2. a teacher trained by this repo in --save_dir beats the hub cache.
+    torch.save({"model": own.state_dict()}, tmp_path / "teacher_best.pth")
+    _, source = load_teacher("fcn_resnet50", 21, save_dir=str(tmp_path))
+    assert source.endswith("teacher_best.pth")
+    # 3. nothing anywhere, offline: one message naming the three ways out, the cache path and the file name.
+    empty = tmp_path / "empty_home"
+    monkeypatch.setenv("TORCH_HOME", str(empty))
+    with pytest.raises(TeacherError) as err:
+        load_teacher("fcn_resnet50", 21, save_dir=str(tmp_path / "nothing"))
+    msg = str(err.value)
+    assert "--teacher_weights" in msg and "--model_name teacher" in msg
+    assert hub_weights_path("fcn_resnet50") in msg and "fcn_resnet50_coco-1167a1af.pth" in msg
+
+
+def test_teacher_weights_of_wrong_arch_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGKD_OFFLINE", "1")
+    path = tmp_path / "w.pth"
+    torch.save(TappedSegNet("fcn_resnet50", 5).state_dict(), path)
+    with pytest.raises(TeacherError, match="do not fit"):
+        load_teacher("fcn_resnet50", 21, teacher_weights=str(path))
