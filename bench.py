@@ -41,6 +41,7 @@ from teacher import FEATURE_CHANNELS, FrozenTeacher, TappedSegNet
 REPO = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("scratch", "response", "feature", "inference")
 TAG = "BENCH_JSON "  # marks the child's result line on stdout
+PARTS = ("student", "teacher", "align")  # the networks whose weights both paths share
 
 ORIGINAL_TRAIN_KD = r'''
 """What the original train_kd.py did, for one epoch: PIL transforms on every read, 8 workers with pinned memory,
@@ -166,20 +167,25 @@ def get_args_parser():
 
 
 # --------------------------------------------------------------------------- the two paths
-def canonical_weights():
-    """The one set of random weights that every path in every process loads."""
-    torch.manual_seed(0)
-    return {"student": build_model("light").state_dict(),
-            "teacher": fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict(),
-            "align": train_kd.Align(LightSegNet.feature_channels, FEATURE_CHANNELS[:3]).state_dict()}
+def canonical_weights(parts=PARTS):
+    """The one set of random weights that every path in every process loads (a seed per part: any subset agrees)."""
+    makers = {"student": lambda: build_model("light"),
+              "teacher": lambda: fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
+              "align": lambda: train_kd.Align(LightSegNet.feature_channels, FEATURE_CHANNELS[:3])}
+    weights = {}
+    for seed, name in enumerate(PARTS):
+        if name in parts:
+            torch.manual_seed(seed)
+            weights[name] = makers[name]().state_dict()
+    return weights
 
 
 def build_reference(workload, device, weights):
     original = {"__name__": "original_train_kd"}
     exec(compile(ORIGINAL_TRAIN_KD, "original_train_kd.py", "exec"), original)  # noqa: S102 - our own string
-    align = {k.removeprefix("convs."): v for k, v in weights["align"].items()}
+    align = {k.removeprefix("convs."): v for k, v in weights["align"].items()} if "align" in weights else None
     student, loss_fn, optimizer = original["build"]("scratch" if workload == "inference" else workload, device,
-                                                    weights["teacher"], weights["student"], align)
+                                                    weights.get("teacher"), weights["student"], align)
     if workload == "inference":
         def infer(loader):
             student.eval()
@@ -202,8 +208,8 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
         def infer(loader):
             model.eval()
             with torch.inference_mode(), autocast:
-                for images, targets in loader:
-                    model(train.to_device(images, targets, device, True)[0])
+                for images, _ in loader:  # as train.to_device, without the targets' copy
+                    model(cl(images.to(device, non_blocking=True)))
         return SimpleNamespace(run=infer, loss=lambda x, y: student(cl(x)), student=student)
     # The flags of a real run: train.py's for scratch, train_kd.py's (AdamW, alpha, temperature) for KD.
     args = (train if workload == "scratch" else train_kd).get_args_parser().parse_args([])
@@ -249,23 +255,23 @@ def synthetic_batch(args, device):
 
 
 def peak_rss():
-    """Peak RSS in bytes. Linux carries ru_maxrss over fork and exec (a child's would include its parent's peak);
-    /proc's VmHWM starts afresh at exec."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    """Peak RSS in bytes. /proc's VmHWM starts afresh at exec; Linux's ru_maxrss survives fork and exec, so a child's
+    would include its parent's peak (macOS has no /proc, and counts ru_maxrss in bytes)."""
+    if not os.path.exists("/proc/self/status"):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def one(args):
     """Child process: one workload on one path; prints one JSON line."""
+    start_mem = peak_rss()  # what importing torch & co. costs, before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and args._path == "optimised":
         torch.backends.cudnn.benchmark = True  # as train.py's fit()
-    weights = canonical_weights()
+    weights = canonical_weights(("student",) if args._one in ("scratch", "inference") else PARTS)
     path = (build_reference(args._one, device, weights) if args._path == "reference" else
             build_optimised(args._one, device, weights, args.amp, args.compile))
     del weights
@@ -280,7 +286,7 @@ def one(args):
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
     print(TAG + json.dumps({"workload": args._one, "path": args._path, "median_s": statistics.median(t),
                             "min_s": min(t), "max_s": max(t), "img_per_s": args.batch_size / statistics.median(t),
-                            "peak_mem_bytes": peak, "times_s": t}), flush=True)
+                            "peak_mem_bytes": peak, "start_rss_bytes": start_mem, "times_s": t}), flush=True)
 
 
 # --------------------------------------------------------------------------- the parent
@@ -343,7 +349,7 @@ def epoch_bench(args, device, workloads):
                "--num_val", str(n_val), "--height", s, "--width", s])
         # Untimed: the first timed run must not pay alone for cold caches (a fresh machine builds matplotlib's fonts).
         timed([sys.executable, "-c", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot, train_kd"])
-        torch.save(canonical_weights()["teacher"], weights)  # torchvision's format, aux head included
+        torch.save(canonical_weights(("teacher",))["teacher"], weights)  # torchvision's format, aux head included
         with open(script, "w") as f:
             f.write(ORIGINAL_TRAIN_KD)
         print(f"epoch bench: 1 epoch of {args.epoch_images} train + {n_val} val images at {s}x{s}, batch {b}, "
@@ -391,9 +397,10 @@ def main(args):
               f"{f', {args.threads} threads' if args.threads else ''}")
         print_row(None, [])
         result["steps"] = step_bench(args, device, workloads)
+        start = min([r["start_rss_bytes"] for r in result["steps"] if "start_rss_bytes" in r] or [0]) / 1e9
         print("ratio = reference median / optimised median. peak mem: " + (
             "torch.cuda.max_memory_allocated in the workload's own process, weights included." if device.type == "cuda"
-            else "peak RSS (VmHWM) of the workload's own process: Python, torch and weights included."))
+            else f"peak RSS (VmHWM) of the workload's own process, {start:.2f} GB of it start-up (importing torch)."))
     if args.json:
         utils.atomic_write_text(args.json, json.dumps(result, indent=1))
 

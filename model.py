@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from teacher import TappedSegNet
+from teacher import ARCHS, TappedSegNet
 
 
 class LightSegNet(nn.Module):
@@ -46,11 +46,14 @@ class LightSegNet(nn.Module):
         self.classifier = nn.Conv2d(256, num_classes, 1)
         self.upsample_first = upsample_first
 
-    def forward(self, x, return_features=False):
+    def forward(self, x, return_features=False, upto=None):
+        """upto=3: return (None, [f4, f8, f32]) without running the head (a frozen light teacher's feature path)."""
         size = x.shape[-2:]
         f4 = self.stage1(x)
         f8 = self.stage2(f4)
         f32 = self.stage3(f8)
+        if upto is not None and upto <= 3:
+            return None, [f4, f8, f32][:upto]
         a = F.interpolate(self.aspp(f32), size=f8.shape[-2:], mode="bilinear", align_corners=False)
         d = self.decoder(torch.cat([a, f8], dim=1))
         if self.upsample_first:
@@ -70,11 +73,19 @@ def best(num_classes=21, pretrained_backbone=False, **kw):
 
 
 def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet50", **kw):
-    """The teacher network of teacher/, trainable: `python train.py --model_name teacher` trains it."""
+    """The teacher network, trainable: `python train.py --model_name teacher [--teacher_arch A]` trains it.
+    A is a torchvision ResNet segmentation net of teacher/ (the default, whose VOC weights torchvision
+    publishes) or "light": the student's own architecture, trained with a larger budget (born-again
+    distillation; the from-scratch teacher that pays on small data sets, see the README)."""
+    if teacher_arch == "light":
+        return light(num_classes, pretrained_backbone)
+    if teacher_arch not in ARCHS:
+        raise ValueError(f"--teacher_arch {teacher_arch}: unknown; choose one of {', '.join(TEACHER_ARCHS)}")
     return TappedSegNet(teacher_arch, num_classes, pretrained_backbone)
 
 
 MODELS = {"light": light, "best": best, "teacher": teacher}
+TEACHER_ARCHS = (*ARCHS, "light")
 
 
 def build_model(name, num_classes=21, **kwargs):
@@ -105,7 +116,7 @@ def get_args_parser():
     p.add_argument("-m", "--m", "--model_name", dest="model_name", default="light", choices=sorted(MODELS))
     p.add_argument("--num_classes", type=int, default=21)
     p.add_argument("--img_size", type=int, default=256)
-    p.add_argument("--teacher_arch", default="fcn_resnet50")
+    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS)
     p.add_argument("--no_table", action="store_true", help="skip the torchsummary table")
     return p
 

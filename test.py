@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 import utils
 from dataset import DATASETS, add_data_args, build_dataset, parse_size
-from model import build_model
-from teacher import ARCHS, load_teacher
+from model import TEACHER_ARCHS, build_model
+from teacher import load_teacher
 from train import check_compatible, evaluate, make_autocast, run_cli, save_predictions
 
 MODES = ("teacher", "regular", "response", "feature")
@@ -33,7 +33,7 @@ def get_args_parser():
     p.add_argument("--save_dir", default="weights", help="where training wrote MODE_best.pth")
     p.add_argument("--weights", default=None, help="a checkpoint to evaluate instead of SAVE_DIR/MODE_best.pth")
     p.add_argument("--run_name", default=None, help="file prefix under --save_dir, if training used --run_name")
-    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=sorted(ARCHS))
+    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS)
     p.add_argument("--teacher_weights", default=None, help="teacher mode: as train_kd.py's flag")
     add_data_args(p, augment_default="none")
     p.add_argument("--batch_size", type=int, default=16)
@@ -53,7 +53,9 @@ def load_network(args, info, device):
     run = args.run_name or args.training_mode
     path = args.weights or os.path.join(args.save_dir, f"{run}_best.pth")
     if args.training_mode == "teacher" and not args.weights:
-        teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir)
+        teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir,
+                                       build=lambda: build_model("teacher", info.num_classes,
+                                                                 teacher_arch=args.teacher_arch))
         return teacher.net, f"{args.teacher_arch} ({source})"
     if not os.path.isfile(path):
         how = {"regular": "python train.py", "response": "python train_kd.py --kd_method response",

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 import utils
 from dataset import DATASETS, DatasetError, add_data_args, build_dataset, colorize, denormalize, parse_size
-from model import MODELS, build_model
-from teacher import ARCHS, TeacherError
+from model import MODELS, TEACHER_ARCHS, build_model
+from teacher import TeacherError
 
 
 class SegmentationLoss(nn.Module):
@@ -84,7 +84,8 @@ def get_args_parser(add_help=True, description="Train a segmentation network fro
     p.add_argument("--resume", default="", help="checkpoint to continue from, or 'auto' (RUN_last.pth if present)")
     p.add_argument("--pretrained_backbone", action="store_true",
                    help="ImageNet weights for the trunk (torchvision weights API; needs them cached or internet)")
-    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=sorted(ARCHS))
+    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS,
+                   help="the teacher network (--model_name teacher here; the frozen teacher in train_kd.py)")
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 where supported, else fp16 + GradScaler")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
+from model import build_model
 from teacher import load_teacher
 from train import SegmentationLoss, fit, get_args_parser as train_args_parser, run_cli
 
@@ -82,9 +83,11 @@ class FeatureKDLoss(nn.Module):
         return torch.stack(terms).mean()
 
     def _align_all(self, student_feats, teacher_feats):
-        resized = [F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
-                   if s.shape[-2:] != t.shape[-2:] else s for s, t in zip(student_feats, teacher_feats)]
-        return self._align(resized)
+        # Project, then resize: a 1x1 conv commutes with bilinear interpolation, and projecting the stride-32 map
+        # before enlarging it to stride 8 costs 16x fewer multiply-adds for the same result.
+        aligned = self._align(student_feats)
+        return [F.interpolate(a, size=t.shape[-2:], mode="bilinear", align_corners=False)
+                if a.shape[-2:] != t.shape[-2:] else a for a, t in zip(aligned, teacher_feats)]
 
     def forward(self, images, outputs, targets):
         logits, feats = outputs
@@ -118,7 +121,8 @@ def get_args_parser():
 
 
 def make_criterion(args, info, model, device):
-    teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir, device)
+    teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir, device,
+                                   build=lambda: build_model("teacher", info.num_classes, teacher_arch=args.teacher_arch))
     if args.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
     if utils.is_main():

@@ -82,7 +82,8 @@ class FrozenTeacher(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x, need="logits"):
-        """need: 'logits' -> logits; 'features' -> layer1..layer3 only (no layer4, no head)."""
+        """need: 'logits' -> logits; 'features' -> the first three feature maps only (for a ResNet: layer1..layer3,
+        no layer4, no head)."""
         if need == "features":
             return self.net(x, return_features=True, upto=3)[1]
         return self.net(x)
@@ -112,6 +113,10 @@ def resolve_teacher_weights(arch, num_classes, teacher_weights=None, save_dir="w
     if os.path.isfile(own):
         ckpt = load_checkpoint(own)
         return _strip_state_dict(ckpt), own
+    if arch not in ARCHS:
+        raise TeacherError(
+            f"no weights for a {arch} teacher: train one first (`python train.py --model_name teacher "
+            f"--teacher_arch {arch} --save_dir {save_dir} ...`, writes {own}) or pass --teacher_weights PATH")
     cached = hub_weights_path(arch)
     if num_classes != 21:
         raise TeacherError(
@@ -137,10 +142,12 @@ def resolve_teacher_weights(arch, num_classes, teacher_weights=None, save_dir="w
         ) from None
 
 
-def load_teacher(arch="fcn_resnet50", num_classes=21, teacher_weights=None, save_dir="weights", device="cpu"):
-    """Build the teacher, load its weights and freeze it. Returns (FrozenTeacher, description of the weights)."""
+def load_teacher(arch="fcn_resnet50", num_classes=21, teacher_weights=None, save_dir="weights", device="cpu",
+                 build=None):
+    """Build the teacher, load its weights and freeze it. Returns (FrozenTeacher, description of the weights).
+    build() makes the network for archs this package does not define (model.py's registry passes it)."""
     sd, source = resolve_teacher_weights(arch, num_classes, teacher_weights, save_dir)
-    net = TappedSegNet(arch, num_classes)
+    net = build() if build is not None else TappedSegNet(arch, num_classes)
     try:
         net.load_state_dict(sd)
     except RuntimeError as e:

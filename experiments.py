@@ -1,0 +1,163 @@
+"""The results table in one command: teacher, student from scratch, response KD and feature KD under one fixed
+budget, then test.py for the four modes, a Markdown/CSV table and a plot of the students' validation curves.
+
+    python experiments.py                          # demo: synthetic VOC-layout set, offline, ~10 min on 2 cores
+    python experiments.py --preset camvid --root_dir ../shared/data/camvid-240x180     # the real-data table
+    python experiments.py --preset camvid --root_dir DIR --device cuda --num_workers 8
+
+Every student gets the same epochs, image size, batch, seed, optimizer, schedule and augmentation, so the
+distillation term is the only difference (train_kd.py with --alpha 0 replays the scratch run exactly).
+Each step runs its script with --resume auto: a re-run after an interruption continues the unfinished step and
+skips the finished ones. Outputs go to --out_dir (default runs/PRESET): weights/, results.csv, results.md,
+curves.png, visualizations/, steps.json (wall time of every step).
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import utils
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+PRESETS = {
+    # Plumbing, not the method: a teacher trained from scratch for a few minutes on synthetic shapes.
+    "demo": {
+        "dataset": "voc", "root_dir": "data/synthetic", "synthetic": {"num_train": 128, "num_val": 32},
+        "img_size": ["64"],
+        "teacher": ["--teacher_arch", "fcn_resnet50", "--epochs", "12", "--batch_size", "8",
+                    "--learning_rate", "1e-3", "--optimizer", "adamw", "--scheduler", "poly", "--geometric"],
+        "student": ["--epochs", "15", "--batch_size", "8", "--learning_rate", "1e-3", "--optimizer", "adamw",
+                    "--scheduler", "poly", "--augment", "train", "--geometric"],
+        "response": ["--alpha", "0.5", "--temperature", "4"],
+        "feature": ["--alpha", "0.5"],
+    },
+    # CamVid at half resolution. The teacher is the student's architecture trained 4x longer (born-again
+    # distillation): a ResNet50 trained from scratch on 367 images is no better than the student (README).
+    "camvid": {
+        "dataset": "camvid", "root_dir": "../shared/data/camvid-240x180", "img_size": ["90", "120"],
+        "teacher": ["--teacher_arch", "light", "--epochs", "120", "--batch_size", "8", "--learning_rate", "2e-3",
+                    "--optimizer", "adamw", "--weight_decay", "1e-4", "--scheduler", "poly", "--geometric"],
+        "student": ["--epochs", "30", "--batch_size", "8", "--learning_rate", "2e-3", "--optimizer", "adamw",
+                    "--weight_decay", "1e-4", "--scheduler", "poly", "--augment", "train", "--geometric"],
+        "response": ["--alpha", "0.5", "--temperature", "4"],
+        "feature": ["--alpha", "0.5"],
+    },
+}
+MODES = ("teacher", "regular", "response", "feature")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Train and test teacher + three students; write the table")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--root_dir", default=None, help="dataset folder (default: the preset's)")
+    p.add_argument("--out_dir", default=None, help="default runs/PRESET")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default=",".join(MODES), help="comma list of steps to run")
+    p.add_argument("--extra", default="", help="flags appended to every training step, e.g. '--amp'")
+    return p
+
+
+def run_step(name, argv, log_path):
+    """One script in its own process; its output is shown and kept in OUT/NAME.out."""
+    t0 = time.time()
+    print(f"\n=== {name}: python {' '.join(argv)}", flush=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if "it/s]" not in line and "s/it]" not in line:
+                print(line, end="", flush=True)
+        proc.wait()
+    if proc.returncode != 0:
+        raise SystemExit(f"step {name} failed (exit {proc.returncode}); its output is in {log_path}")
+    return time.time() - t0
+
+
+def main(args):
+    preset = PRESETS[args.preset]
+    root = args.root_dir or preset["root_dir"]
+    out = os.path.abspath(args.out_dir or os.path.join("runs", args.preset))
+    weights = os.path.join(out, "weights")
+    os.makedirs(weights, exist_ok=True)
+    steps_path = os.path.join(out, "steps.json")
+    steps = json.load(open(steps_path)) if os.path.exists(steps_path) else {}
+
+    if "synthetic" in preset and not os.path.isdir(os.path.join(root, "VOCdevkit")):
+        from dataset import make_synthetic_voc
+
+        make_synthetic_voc(root, seed=args.seed, **preset["synthetic"])
+    root = os.path.abspath(root)
+    data = ["--dataset", preset["dataset"], "--root_dir", root, "--img_size", *preset["img_size"]]
+    common = [*data, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
+              "--seed", str(args.seed), "--patience", "0", "--resume", "auto", "--no_progress",
+              *args.extra.split()]
+    teacher_arch = preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
+    student = [*preset["student"], "--teacher_arch", teacher_arch]
+    plan = {
+        "teacher": ["train.py", "--model_name", "teacher", *common, *preset["teacher"]],
+        "regular": ["train.py", "--model_name", "light", *common, *student],
+        "response": ["train_kd.py", "--kd_method", "response", "--model_name", "light", *common, *student,
+                     *preset["response"]],
+        "feature": ["train_kd.py", "--kd_method", "feature", "--model_name", "light", *common, *student,
+                    *preset["feature"]],
+    }
+    wanted = args.modes.split(",")
+    for mode in MODES:
+        if mode in wanted:
+            seconds = run_step(mode, plan[mode], os.path.join(out, f"{mode}.out"))
+            if "already finished" not in open(os.path.join(out, f"{mode}.out")).read():
+                steps[mode] = round(seconds, 1)  # a skipped step keeps the time it took when it ran
+                utils.atomic_write_text(steps_path, json.dumps(steps, indent=1))
+
+    results = os.path.join(out, "results.csv")
+    if os.path.exists(results):
+        os.remove(results)  # the table is rebuilt from the checkpoints each time
+    for mode in MODES:
+        if mode in wanted:
+            run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, "--save_dir", weights,
+                                      "--teacher_arch", teacher_arch, "--device", args.device,
+                                      "--num_workers", str(args.num_workers), "--results_csv", results,
+                                      "--vis_dir", os.path.join(out, "visualizations"), "--num_vis", "4",
+                                      "--no_progress"], os.path.join(out, f"test_{mode}.out"))
+    write_table(out, weights, steps, args)
+
+
+def write_table(out, weights, steps, args):
+    with open(os.path.join(out, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    curves, lines = {}, []
+    lines.append("| model | mIoU (255 excluded) | mIoU (original, 255 clamped) | pixel acc. | ms/image | "
+                 "best epoch | train time |")
+    lines.append("|---|---|---|---|---|---|---|")
+    names = {"teacher": "teacher", "regular": "student from scratch", "response": "student, response KD",
+             "feature": "student, feature KD"}
+    for r in rows:
+        mode = r["training_mode"]
+        log = os.path.join(weights, f"{mode}_log.jsonl")
+        hist = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
+        best = max(hist, key=lambda h: h["val_miou"])["epoch"] if hist else "-"
+        if mode != "teacher" and hist:
+            curves[names[mode]] = ([h["epoch"] for h in hist], [h["val_miou"] for h in hist])
+        t = steps.get(mode)
+        lines.append(f"| {names[mode]} | {float(r['mIoU_with_ignore']):.4f} | {float(r['mIoU_without_ignore']):.4f} | "
+                     f"{float(r['pixel_accuracy']):.4f} | {float(r['avg_inference_time_ms']):.2f} | {best} | "
+                     f"{f'{t / 60:.1f} min' if t else '-'} |")
+    total = sum(steps.values())
+    table = "\n".join(lines) + f"\n\nPreset `{args.preset}`, total training time {total / 60:.1f} min.\n"
+    utils.atomic_write_text(os.path.join(out, "results.md"), table)
+    if curves:
+        utils.plot_miou_curves(curves, os.path.join(out, "curves.png"),
+                               title=f"students' validation mIoU ({args.preset})")
+    print("\n" + table)
+    print(f"written: {out}/results.md, results.csv, curves.png, visualizations/")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
