@@ -41,10 +41,10 @@ PRESETS = {
         "dataset": "camvid", "root_dir": "../shared/data/camvid-240x180", "img_size": ["90", "120"],
         "teacher": ["--teacher_arch", "light", "--epochs", "120", "--batch_size", "8", "--learning_rate", "2e-3",
                     "--optimizer", "adamw", "--weight_decay", "1e-4", "--scheduler", "poly", "--geometric"],
-        "student": ["--epochs", "30", "--batch_size", "8", "--learning_rate", "2e-3", "--optimizer", "adamw",
+        "student": ["--epochs", "30", "--batch_size", "8", "--learning_rate", "5e-3", "--optimizer", "adamw",
                     "--weight_decay", "1e-4", "--scheduler", "poly", "--augment", "train", "--geometric"],
-        "response": ["--alpha", "0.5", "--temperature", "4"],
-        "feature": ["--alpha", "0.5"],
+        "response": ["--alpha", "0.9", "--temperature", "1"],
+        "feature": ["--alpha", "0.9"],
     },
 }
 MODES = ("teacher", "regular", "response", "feature")
@@ -59,6 +59,9 @@ def get_args_parser():
     p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default=",".join(MODES), help="comma list of steps to run")
+    p.add_argument("--img_size", nargs="+", default=None, help="override the preset's image size (H [W])")
+    p.add_argument("--teacher_epochs", type=int, default=None, help="override the preset's teacher budget")
+    p.add_argument("--student_epochs", type=int, default=None, help="override the preset's student budget")
     p.add_argument("--extra", default="", help="flags appended to every training step, e.g. '--amp'")
     return p
 
@@ -94,14 +97,15 @@ def main(args):
 
         make_synthetic_voc(root, seed=args.seed, **preset["synthetic"])
     root = os.path.abspath(root)
-    data = ["--dataset", preset["dataset"], "--root_dir", root, "--img_size", *preset["img_size"]]
+    data = ["--dataset", preset["dataset"], "--root_dir", root, "--img_size", *(args.img_size or preset["img_size"])]
     common = [*data, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
               "--seed", str(args.seed), "--patience", "0", "--resume", "auto", "--no_progress",
               *args.extra.split()]
     teacher_arch = preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
-    student = [*preset["student"], "--teacher_arch", teacher_arch]
+    epochs = lambda n: ["--epochs", str(n)] if n else []  # noqa: E731 - argparse keeps the last --epochs
+    student = [*preset["student"], "--teacher_arch", teacher_arch, *epochs(args.student_epochs)]
     plan = {
-        "teacher": ["train.py", "--model_name", "teacher", *common, *preset["teacher"]],
+        "teacher": ["train.py", "--model_name", "teacher", *common, *preset["teacher"], *epochs(args.teacher_epochs)],
         "regular": ["train.py", "--model_name", "light", *common, *student],
         "response": ["train_kd.py", "--kd_method", "response", "--model_name", "light", *common, *student,
                      *preset["response"]],

@@ -157,3 +157,35 @@ def test_kd_with_alpha_zero_reproduces_scratch_run(synthetic_root, torch_home, t
     b = last_weights(tmp_path / "b" / f"{method}_last.pth")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_ctrl_c_saves_weights_and_keeps_last_checkpoint(synthetic_root, tmp_path):
+    args = [sys.executable, script("train.py"), "--root_dir", synthetic_root, "--epochs", "50", *SMALL,
+            "--num_vis", "0", "--save_dir", str(tmp_path)]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    log = tmp_path / "regular_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not log.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume auto" in err and "Traceback" not in err
+    assert (tmp_path / "regular_interrupted.pth").is_file()
+    last = torch.load(tmp_path / "regular_last.pth", weights_only=True)
+    assert not last["finished"] and last["epoch"] >= 0
+
+
+def test_experiments_recipe_runs_and_skips_finished_steps(synthetic_root, torch_home, tmp_path):
+    args = [script("experiments.py"), "--preset", "demo", "--root_dir", synthetic_root, "--out_dir",
+            str(tmp_path / "out"), "--teacher_epochs", "1", "--student_epochs", "1", "--num_workers", "0",
+            "--device", "cpu", "--img_size", "32", "--extra", "--batch_size 4"]
+    first = run_cli(args, tmp_path, torch_home, timeout=600)
+    table = (tmp_path / "out" / "results.md").read_text()
+    for name in ("teacher", "student from scratch", "student, response KD", "student, feature KD"):
+        assert f"| {name} |" in table
+    assert (tmp_path / "out" / "curves.png").is_file()
+    assert first.stdout.count("already finished") == 0
+    again = run_cli(args, tmp_path, torch_home, timeout=600)
+    assert again.stdout.count("already finished") == 4

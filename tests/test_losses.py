@@ -142,3 +142,22 @@ def test_teacher_frozen_during_distillation(method):
     if method == "feature":
         assert all(p.grad is not None for p in crit.align.parameters())
     assert math.isfinite(out["loss"].item())
+
+
+def test_non_finite_loss_stops_training():
+    from train import NonFiniteLoss, train_one_epoch
+
+    class NaNLoss(nn.Module):
+        needs_features = False
+
+        def forward(self, images, outputs, targets):
+            return {"loss": outputs.mean() * float("nan")}
+
+    model = nn.Conv2d(3, 2, 1)
+    model.forward_orig = model.forward
+    model.forward = lambda x, return_features=False: model.forward_orig(x)
+    loader = [(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))] * 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLoss, match="nan"):
+        train_one_epoch(model, NaNLoss(), opt, loader, torch.device("cpu"), 0, log_interval=2, progress=False,
+                        channels_last=False)
