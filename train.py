@@ -325,6 +325,9 @@ def _fit(args, mode, make_criterion, device):
         args.resume if args.resume not in ("", "auto") else None)
     start_epoch, best_miou, bad_epochs, history = 0, -1.0, 0, []
     rng_to_restore = None
+    if not resume and os.path.isfile(last_path) and main_proc:
+        print(f"note: starting afresh; {last_path} of an earlier run will be replaced after the first epoch "
+              "(stop now and add --resume auto to continue it instead)")
     if resume:
         ckpt = utils.load_checkpoint(resume)
         check_compatible(ckpt, args, info, resume)
