@@ -205,6 +205,7 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
     model = torch.compile(student) if compile else student
     cl = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
     if workload == "inference":
+        utils.fuse_conv_bn(student.eval())  # as test.py does
         def infer(loader):
             model.eval()
             with torch.inference_mode(), autocast:

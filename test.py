@@ -86,7 +86,7 @@ def main(args):
     val_set = build_dataset(args.dataset, args.root_dir, "val", size, train=False, train_split=args.train_split,
                             download=args.download)
     model, description = load_network(args, info, device)
-    model.to(device).eval()
+    model = utils.fuse_conv_bn(model.eval()).to(device)  # BatchNorm folded into the convs: same logits, faster
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":

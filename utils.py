@@ -70,6 +70,32 @@ class ConfusionMatrix:
         return {"miou": miou, "pixel_acc": acc, "iou": iou.tolist(), "miou_clamped": miou_c}
 
 
+# --------------------------------------------------------------------------- inference
+def fuse_conv_bn(model):
+    """Fold every eval-mode BatchNorm into the convolution before it (in place; returns the model).
+
+    BatchNorm with frozen statistics is an affine map per channel, so conv->BN equals one conv with rescaled
+    weights and a new bias: the same function up to float rounding, one pass over each activation fewer. Only for
+    networks that will not train again: the frozen teacher and test.py's model. Covers conv/BN pairs that follow
+    each other in a Sequential (torchvision's MobileNetV2, ASPP, heads) and ResNet blocks' convK/bnK attributes.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    assert not model.training, "fuse_conv_bn needs a model in eval mode"
+    for m in list(model.modules()):
+        names = list(m._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = m._modules[a], m._modules[b]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                m._modules[a], m._modules[b] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
+        for i in (1, 2, 3):  # torchvision's Bottleneck/BasicBlock: conv1/bn1 ... as attributes
+            conv, bn = getattr(m, f"conv{i}", None), getattr(m, f"bn{i}", None)
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                setattr(m, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                setattr(m, f"bn{i}", torch.nn.Identity())
+    return model
+
+
 # --------------------------------------------------------------------------- files
 def atomic_write_bytes(path, data: bytes):
     """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
