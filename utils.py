@@ -163,7 +163,7 @@ def load_checkpoint(path, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means the same thing to the user
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
+            f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0].split('. ')[0][:160]}). "
             "The file is corrupt, truncated, or not a PyTorch checkpoint (or it holds Python objects "
             "that weights_only=True refuses); delete it and train again, or pass another file."
         ) from None
