@@ -21,7 +21,7 @@ import utils
 from dataset import DATASETS, add_data_args, build_dataset, parse_size
 from model import TEACHER_ARCHS, build_model
 from teacher import load_teacher
-from train import check_compatible, evaluate, make_autocast, run_cli, save_predictions
+from train import evaluate, make_autocast, run_cli, save_predictions
 
 MODES = ("teacher", "regular", "response", "feature")
 CSV_COLUMNS = ("training_mode", "mIoU_with_ignore", "mIoU_without_ignore", "avg_inference_time_ms")
@@ -71,7 +71,6 @@ def load_network(args, info, device):
             f"{path} was trained for {ckpt.get('num_classes')} classes ({ckpt.get('dataset')}), but --dataset "
             f"{info.name} has {info.num_classes}; pass the matching --dataset")
     model = build_model(ckpt["model_name"], info.num_classes, teacher_arch=ckpt.get("teacher_arch", "fcn_resnet50"))
-    check_compatible(ckpt, argparse.Namespace(model_name=ckpt["model_name"]), info, path)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
