@@ -56,7 +56,7 @@ def get_args_parser():
     p.add_argument("--root_dir", default=None, help="dataset folder (default: the preset's)")
     p.add_argument("--out_dir", default=None, help="default runs/PRESET")
     p.add_argument("--device", default="auto")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--num_workers", type=int, default=-1, help=utils.NUM_WORKERS_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default=",".join(MODES), help="comma list of steps to run")
     p.add_argument("--img_size", nargs="+", default=None, help="override the preset's image size (H [W])")

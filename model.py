@@ -18,6 +18,29 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from teacher import ARCHS, TappedSegNet
 
 
+class CenterTapConv2d(nn.Conv2d):
+    """A dilated 3x3 convolution that skips its off-centre taps when they can only read the zero padding.
+
+    With dilation >= the feature map's height and width, every off-centre tap of every output pixel falls outside
+    the map, so the convolution is exactly the 1x1 convolution with the centre weights (and the off-centre weights
+    get exactly zero gradient either way). The student's ASPP runs rates 12 and 18 on an 8x8 map at 256x256 input:
+    this skips 8/9 of their work, forward and backward. Same parameters, same state dict."""
+
+    def forward(self, x):
+        if x.shape[-2] <= self.dilation[0] and x.shape[-1] <= self.dilation[1]:
+            return F.conv2d(x, self.weight[:, :, 1:2, 1:2], self.bias)
+        return super().forward(x)
+
+
+def skip_padding_taps(module):
+    """Make every dilated 3x3 'same' convolution of `module` a CenterTapConv2d (in place, no new parameters)."""
+    for m in module.modules():
+        if (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == m.dilation
+                and m.padding_mode == "zeros" and m.dilation != (1, 1)):
+            m.__class__ = CenterTapConv2d  # the class only: parameters, RNG use and state dict stay as they were
+    return module
+
+
 class LightSegNet(nn.Module):
     """The original's "light" student: MobileNetV2 trunk, ASPP(256) at stride 32, a decoder joined with the
     stride-8 features, a 1x1 classifier.
@@ -36,7 +59,7 @@ class LightSegNet(nn.Module):
         self.stage1 = trunk[:4]   # -> 24 ch, stride 4
         self.stage2 = trunk[4:7]  # -> 32 ch, stride 8
         self.stage3 = trunk[7:]   # -> 1280 ch, stride 32
-        self.aspp = ASPP(1280, [6, 12, 18], 256)
+        self.aspp = skip_padding_taps(ASPP(1280, [6, 12, 18], 256))
         self.decoder = nn.Sequential(
             nn.Conv2d(256 + 32, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
             nn.Dropout(0.5),

@@ -37,7 +37,7 @@ def get_args_parser():
     p.add_argument("--teacher_weights", default=None, help="teacher mode: as train_kd.py's flag")
     add_data_args(p, augment_default="none")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--num_workers", type=int, default=-1, help=utils.NUM_WORKERS_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
@@ -90,7 +90,10 @@ def main(args):
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+    else:
+        utils.tune_cpu_allocator()
+    loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False,
+                        num_workers=utils.resolve_num_workers(args.num_workers, device),
                         pin_memory=device.type == "cuda")
     autocast, _ = make_autocast(device, args.amp)
     cm, sec_per_image = evaluate(model, loader, device, info.num_classes, info.ignore_index, autocast=autocast,

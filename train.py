@@ -73,7 +73,7 @@ def get_args_parser(add_help=True, description="Train a segmentation network fro
     p.add_argument("--patience", type=int, default=30, help="early stopping on val mIoU; 0 disables it")
     p.add_argument("--delta", type=float, default=0.0, help="minimum mIoU gain that resets the patience")
     add_data_args(p, augment_default="train")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--num_workers", type=int, default=-1, help=utils.NUM_WORKERS_HELP)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
@@ -104,7 +104,7 @@ def check_args(args, parser):
         ("epochs", lambda v: v >= 1, "must be at least 1"),
         ("learning_rate", lambda v: v > 0, "must be > 0"),
         ("weight_decay", lambda v: v >= 0, "must be >= 0"),
-        ("num_workers", lambda v: v >= 0, "must be >= 0"),
+        ("num_workers", lambda v: v >= -1, "must be >= 0, or -1 (auto)"),
         ("alpha", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1] (the weight of the distillation term)"),
         ("temperature", lambda v: v > 0, "must be > 0"),
     ]
@@ -222,8 +222,8 @@ def build_loaders(args, device):
     if per_rank < 2 and args.batch_size > 1 or per_rank == 0:
         raise DatasetError(f"{args.root_dir}: the training split has {len(train_set)} images, too few for "
                            f"{world} process(es); BatchNorm needs at least 2 images per batch")
-    loader_kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                     persistent_workers=args.num_workers > 0)
+    workers = utils.resolve_num_workers(args.num_workers, device)
+    loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     train_loader = DataLoader(
         train_set, batch_size=args.batch_size, sampler=sampler, drop_last=per_rank >= args.batch_size,
         # The loader's own generator: drawing worker seeds must not move the global RNG (exact resume).
@@ -287,6 +287,8 @@ def _fit(args, mode, make_criterion, device):
     info = DATASETS[args.dataset]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        utils.tune_cpu_allocator()
     utils.seed_everything(args.seed)
 
     train_set, val_set, train_loader, val_loader = build_loaders(args, device)

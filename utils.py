@@ -274,6 +274,38 @@ def synchronize(device):
 
 
 # --------------------------------------------------------------------------- pictures
+NUM_WORKERS_HELP = ("DataLoader worker processes; -1 (default): 0 on the CPU, where workers would take cores from "
+                    "the model (the decoded images are cached, so loading is light), min(8, CPU cores) on a GPU")
+
+
+def resolve_num_workers(num_workers, device):
+    """--num_workers -1 -> 0 on the CPU, min(8, cores) on an accelerator. Measured on 2 cores, one response-KD
+    epoch at 256x256: 2 workers 34.6 s, none 27.9 s (workers and compute threads fought over the cores)."""
+    if num_workers >= 0:
+        return num_workers
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
+def tune_cpu_allocator():
+    """glibc only: keep freed memory in the heap instead of returning each large tensor's pages to the OS.
+
+    By default glibc serves every allocation above 32 MB with a fresh mmap and unmaps it on free, so a CPU
+    training step pays page faults (zeroed pages) for each of its large activations, every step. Measured on 2
+    cores, one response-KD epoch at 256x256: 34.5 s -> 27.9 s of wall time (system time 12.6 s -> 2.8 s), for
+    ~15% more peak RSS. Does nothing elsewhere (macOS, Windows, musl)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def _figure_bytes(fig):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")

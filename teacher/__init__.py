@@ -27,6 +27,8 @@ ARCHS = {
     "deeplabv3_resnet50": (deeplabv3_resnet50, DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1, ResNet50_Weights.IMAGENET1K_V1),
     "deeplabv3_resnet101": (deeplabv3_resnet101, DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1, ResNet101_Weights.IMAGENET1K_V1),
 }
+from .winograd import use_winograd
+
 FEATURE_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of a ResNet50/101
 
 
@@ -72,12 +74,14 @@ class TappedSegNet(nn.Module):
 class FrozenTeacher(nn.Module):
     """Eval mode that `.train()` cannot undo, no gradients, run under inference_mode (STYLE rule 4)."""
 
-    def __init__(self, net):
+    def __init__(self, net, winograd=True):
         super().__init__()
         from utils import fuse_conv_bn  # local import: utils sits beside teacher/ on floor 1
 
         # BatchNorm folded into the convs: the same function, ~9% faster on CPU, and no statistics left to move.
         self.net = fuse_conv_bn(net.eval()).requires_grad_(False)
+        if winograd:  # the wide 3x3 convs: the same function, 4x fewer multiplications (CPU only; teacher/winograd.py)
+            use_winograd(self.net)
         self.feature_channels = net.feature_channels
 
     def train(self, mode=True):  # noqa: ARG002 - a frozen teacher's BatchNorm statistics never move

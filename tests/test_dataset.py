@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (CAMVID, MEAN, STD, VOC, DatasetError, SegmentationDataset, build_dataset, make_synthetic_voc)
+from dataset import CAMVID, MEAN, STD, VOC, DatasetError, SegmentationDataset, build_dataset
 
 SIZE = (48, 64)
 

@@ -161,3 +161,25 @@ def test_non_finite_loss_stops_training():
     with pytest.raises(NonFiniteLoss, match="nan"):
         train_one_epoch(model, NaNLoss(), opt, loader, torch.device("cpu"), 0, log_interval=2, progress=False,
                         channels_last=False)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_response_kd_gradient_matches_autograd_of_the_formula(channels_last):
+    """PixelKL's written-out gradient against autograd through F.kl_div(...).sum(1).mean() * T^2, in float64."""
+    from train_kd import PixelKL
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    s = (torch.randn(2, 5, 6, 7, dtype=torch.float64) * 2).contiguous(memory_format=fmt)
+    t = (torch.randn(2, 5, 6, 7, dtype=torch.float64) * 3).contiguous(memory_format=fmt)
+    for T in (1.0, 4.0):
+        a = s.clone().requires_grad_()
+        ref = torch.nn.functional.kl_div(torch.log_softmax(a / T, 1), torch.log_softmax(t / T, 1), reduction="none",
+                                         log_target=True).sum(1).mean() * T * T
+        ref.backward()
+        b = s.clone().requires_grad_()
+        got = PixelKL.apply(b, t, T)
+        (got * 3).backward()  # a non-unit upstream gradient
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(b.grad, 3 * a.grad)
+        assert a.grad.abs().max() > 1e-3  # the gradient is not trivially zero

@@ -110,3 +110,91 @@ def test_folding_batchnorm_keeps_the_logits(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dilation,size,bias", [(1, (13, 9), True), (2, (16, 16), False), (4, (11, 21), True),
+                                                (6, (8, 8), False)])
+def test_winograd_convolution_equals_direct_convolution(dilation, size, bias):
+    """F(4x4, 3x3) Winograd against torch's direct convolution in float64 (the independent reference): borders,
+    sizes that are no multiple of 4 or of the dilation, dilation wider than the image."""
+    from teacher.winograd import filter_transform, winograd_conv2d
+
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 16, *size), torch.randn(24, 16, 3, 3) / 12
+    b = torch.randn(24) if bias else None
+    ref = torch.nn.functional.conv2d(x.double(), w.double(), None if b is None else b.double(),
+                                     padding=dilation, dilation=dilation)
+    got = winograd_conv2d(x, filter_transform(w), b, dilation)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5 * ref.abs().max().item())
+    wrong = winograd_conv2d(x, filter_transform(w.flip(-1)), b, dilation)  # the test can fail
+    assert (wrong.double() - ref).abs().max() > 1e-2
+
+
+def test_frozen_teacher_with_winograd_keeps_the_logits():
+    """The frozen teacher (BN folded, Winograd on its wide 3x3 convs) against the plain network: same logits and
+    features to float tolerance, same state dict keys."""
+    import copy
+
+    from teacher.winograd import WinogradConv2d
+
+    torch.manual_seed(0)
+    net = TappedSegNet("fcn_resnet50", 21).eval()
+    plain = copy.deepcopy(net)
+    teacher = FrozenTeacher(net)
+    swapped = [m for m in teacher.modules() if isinstance(m, WinogradConv2d)]
+    assert len(swapped) == 3 + 6 + 1  # layer4's and layer3's 3x3 convs and the FCN head; layer1/2 stay direct
+    assert set(teacher.net.state_dict()) == set(FrozenTeacher(copy.deepcopy(plain), winograd=False).net.state_dict())
+    x = torch.randn(2, 3, 64, 72).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref_logits, ref_feats = plain(x, return_features=True)
+    logits = teacher(x)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-3, atol=1e-4 * ref_logits.abs().max().item())
+    for a, b in zip(teacher(x, need="features"), ref_feats[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("size", [(5, 7), (6, 6), (7, 9)])
+def test_centre_tap_convolution_is_exact(size):
+    """A dilated conv whose off-centre taps read only padding: same output and gradients as torch's conv when the
+    map is no larger than the dilation (the fast path), and torch's own result when it is larger."""
+    from model import CenterTapConv2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 4, 3, padding=6, dilation=6)
+    fast = CenterTapConv2d(8, 4, 3, padding=6, dilation=6)
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, *size, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    a, b = conv(x), fast(x2)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(a)
+    a.backward(g), b.backward(g)
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=1e-5, atol=1e-6)
+    off = torch.ones(3, 3, dtype=torch.bool)
+    off[1, 1] = False
+    if max(size) <= 6:  # fast path: the off-centre weights get exactly zero gradient, as in torch's conv
+        assert fast.weight.grad[:, :, off].abs().max() == 0 == conv.weight.grad[:, :, off].abs().max()
+    else:  # larger than the dilation: some off-centre taps read real pixels, and the conv must have used them
+        assert conv.weight.grad[:, :, off].abs().max() > 0
+
+
+def test_student_state_dict_and_init_unchanged_by_centre_taps():
+    """The student's ASPP convs are CenterTapConv2d, with torchvision's parameter names and initial values."""
+    from torchvision.models.segmentation.deeplabv3 import ASPP
+
+    from model import CenterTapConv2d
+
+    torch.manual_seed(0)
+    student = build_model("light", 21)
+    swapped = [m for m in student.aspp.modules() if isinstance(m, CenterTapConv2d)]
+    assert len(swapped) == 3
+    torch.manual_seed(0)
+    from torchvision.models import mobilenet_v2
+
+    mobilenet_v2().features  # the same RNG draws as the student's constructor before its ASPP
+    plain = ASPP(1280, [6, 12, 18], 256)
+    for (k1, v1), (k2, v2) in zip(student.aspp.state_dict().items(), plain.state_dict().items()):
+        assert k1 == k2
+        torch.testing.assert_close(v1, v2)

@@ -1,0 +1,94 @@
+"""Winograd F(4x4, 3x3) convolution for the frozen teacher's wide 3x3 convolutions on the CPU.
+
+The same convolution, computed with 4x fewer multiplications (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", CVPR 2016): each 4x4 block of outputs is A^T [(G g G^T) * (B^T d B)] A for a 6x6 input tile d
+and the 3x3 filter g. The 36 products per tile become 36 matrix products over channels, so the bulk of the work
+is one batched GEMM. Dilation is handled by splitting the input into its dilation x dilation phases
+(space-to-batch, as DeepLab's first atrous convolutions did): a dilated convolution is an ordinary one on each
+phase. The results equal torch's convolution up to float rounding (relative error ~1e-5 in float32, tested).
+
+Why only the teacher: it is frozen (the filter transform G g G^T is computed once) and needs no backward, and
+its fcn_resnet50 head (3x3, 2048 -> 512) alone is a quarter of its FLOPs. Measured on a 2-core AVX-512 CPU at
+256x256, batch 8: head 1.9x, layer4's 3x3 (512, dilation 4) 1.4x, layer3's (256, dilation 2) 1.4x faster than
+oneDNN's direct convolution; narrower layers (64 and 128 channels) were slower, so they keep torch's kernel, and
+so does every other device (cuDNN picks Winograd itself when it pays).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+       [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+_G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+      [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+_AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+MIN_CHANNEL_PRODUCT = 256 * 256  # in_channels * out_channels below which oneDNN's direct kernel was faster
+
+
+def filter_transform(weight):
+    """(K, C, 3, 3) -> (36, C, K): G g G^T for every filter, computed in float64."""
+    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    u = torch.einsum("ia,kcab,jb->ijck", g, weight.detach().double(), g)
+    return u.reshape(36, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+
+def winograd_conv2d(x, u, bias=None, dilation=1):
+    """conv2d(x, weight, bias, padding=dilation, dilation=dilation) for a 3x3 weight, u = filter_transform(weight).
+
+    x: (N, C, H, W) in any memory format. Returns (N, K, H, W) in channels_last memory format."""
+    n, c, h, w = x.shape
+    k, d = u.shape[2], dilation
+    # Per phase the output is ceil(h/d) x ceil(w/d), in 4x4 tiles; zero padding covers the border and the rounding.
+    th, tw = -(-(-(-h // d)) // 4), -(-(-(-w // d)) // 4)
+    hp, wp = d * (4 * th + 2), d * (4 * tw + 2)
+    xp = x.new_zeros(n, hp, wp, c)  # NHWC, so that the channels are each tile point's contiguous GEMM row
+    xp[:, d:d + h, d:d + w] = x.permute(0, 2, 3, 1)
+    s_n, s_h, s_w, _ = xp.stride()
+    # Tile point (s, t) of tile (ti, tj) in phase (a, b) reads padded row a + d*(4*ti + s), column b + d*(4*tj + t).
+    tiles = xp.as_strided((6, 6, n, d, th, d, tw, c),
+                          (d * s_h, d * s_w, s_n, s_h, 4 * d * s_h, s_w, 4 * d * s_w, 1))
+    p = n * d * th * d * tw
+    bt = torch.tensor(_BT, dtype=x.dtype, device=x.device)
+    at = torch.tensor(_AT, dtype=x.dtype, device=x.device)
+    v = (torch.kron(bt, bt) @ tiles.reshape(36, p * c)).view(36, p, c)  # B^T d B for every tile and channel
+    m = torch.bmm(v, u)  # (36, tiles, K): the 36 elementwise products, summed over channels
+    y = (torch.kron(at, at) @ m.view(36, p * k)).view(4, 4, n, d, th, d, tw, k)  # A^T m A
+    # Output row a + d*(4*ti + r): order the axes (n, ti, r, a, tj, q, b, k), then crop the rounding.
+    y = y.permute(2, 4, 0, 3, 6, 1, 5, 7).reshape(n, 4 * th * d, 4 * tw * d, k)[:, :h, :w]
+    if bias is not None:
+        y = y + bias
+    return y.permute(0, 3, 1, 2)
+
+
+def qualifies(conv):
+    """A 3x3, stride-1, ungrouped, 'same'-padded convolution wide enough for Winograd to pay on the CPU."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros" and conv.dilation[0] == conv.dilation[1]
+            and conv.padding == conv.dilation and conv.in_channels * conv.out_channels >= MIN_CHANNEL_PRODUCT)
+
+
+class WinogradConv2d(nn.Module):
+    """A frozen 3x3 convolution: Winograd on the CPU in float32, torch's convolution elsewhere.
+
+    Keeps the conv's weight and bias under their names (state dicts are unchanged) and its transform as a buffer.
+    """
+
+    def __init__(self, conv):
+        super().__init__()
+        assert qualifies(conv), conv
+        self.weight, self.bias, self.dilation = conv.weight, conv.bias, conv.dilation[0]
+        self.register_buffer("u", filter_transform(conv.weight), persistent=False)
+
+    def forward(self, x):
+        if x.device.type == "cpu" and x.dtype == self.u.dtype == torch.float32:
+            return winograd_conv2d(x, self.u, self.bias, self.dilation)
+        return F.conv2d(x, self.weight, self.bias, padding=self.dilation, dilation=self.dilation)
+
+
+def use_winograd(model):
+    """Swap every qualifying nn.Conv2d of a frozen model for a WinogradConv2d (in place; returns the model)."""
+    for m in list(model.modules()):
+        for name, child in m._modules.items():
+            if qualifies(child):
+                m._modules[name] = WinogradConv2d(child)
+    return model
