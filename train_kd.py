@@ -33,9 +33,8 @@ class PixelKL(torch.autograd.Function):
         log_p = torch.log_softmax(teacher_logits / T, dim=1)
         p = log_p.exp()
         pixels = student_logits.numel() // student_logits.shape[1]
-        # sum of p * (log p - log q), flattened in memory order (a view for NCHW and channels_last, no copy)
-        order = (0, 2, 3, 1) if p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) else range(p.ndim)
-        kl_sum = torch.vdot(p.permute(*order).reshape(-1), log_p.sub_(log_q).permute(*order).reshape(-1))
+        # torch's sum (cascade summation), not a BLAS dot: over 10^7 terms in float32 the dot drifted by 5e-5
+        kl_sum = (p * log_p.sub_(log_q)).sum()
         ctx.save_for_backward(log_q, p)
         ctx.grad_scale = T / pixels
         return kl_sum * (T * T / pixels)
