@@ -273,7 +273,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-# --------------------------------------------------------------------------- pictures
+# --------------------------------------------------------------------------- the host: loader workers, allocator
 NUM_WORKERS_HELP = ("DataLoader worker processes; -1 (default): 0 on the CPU, where workers would take cores from "
                     "the model (the decoded images are cached, so loading is light), min(8, CPU cores) on a GPU")
 
@@ -306,6 +306,7 @@ def tune_cpu_allocator():
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+# --------------------------------------------------------------------------- pictures
 def _figure_bytes(fig):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")

@@ -21,14 +21,14 @@ from torchvision.models.segmentation import (
     fcn_resnet50,
 )
 
+from .winograd import use_winograd
+
 ARCHS = {
     # name: (builder, COCO_WITH_VOC_LABELS weights, ImageNet backbone weights)
     "fcn_resnet50": (fcn_resnet50, FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1, ResNet50_Weights.IMAGENET1K_V1),
     "deeplabv3_resnet50": (deeplabv3_resnet50, DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1, ResNet50_Weights.IMAGENET1K_V1),
     "deeplabv3_resnet101": (deeplabv3_resnet101, DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1, ResNet101_Weights.IMAGENET1K_V1),
 }
-from .winograd import use_winograd
-
 FEATURE_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of a ResNet50/101
 
 

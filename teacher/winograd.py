@@ -79,6 +79,10 @@ class WinogradConv2d(nn.Module):
         self.weight, self.bias, self.dilation = conv.weight, conv.bias, conv.dilation[0]
         self.register_buffer("u", filter_transform(conv.weight), persistent=False)
 
+    def _load_from_state_dict(self, *args, **kwargs):  # new weights: a new transform (never a stale one)
+        super()._load_from_state_dict(*args, **kwargs)
+        self.u = filter_transform(self.weight)
+
     def forward(self, x):
         if x.device.type == "cpu" and x.dtype == self.u.dtype == torch.float32:
             return winograd_conv2d(x, self.u, self.bias, self.dilation)

@@ -85,6 +85,7 @@ def test_errors_are_one_clear_message(synthetic_root, tmp_path):
         ([script("train_kd.py"), "--alpha", "1.5", *data], "--alpha 1.5"),
         ([script("train_kd.py"), "--temperature", "0", *data], "--temperature 0.0"),
         ([script("train.py"), "--batch_size", "0", *data], "--batch_size 0"),
+        ([script("train.py"), "--num_workers", "-2", *data], "--num_workers -2"),
         ([script("train.py"), "--root_dir", str(tmp_path / "none")], "VOCdevkit"),
         ([script("test.py"), "--training_mode", "response", *data, "--save_dir", str(tmp_path)],
          "python train_kd.py --kd_method response"),

@@ -198,3 +198,15 @@ def test_student_state_dict_and_init_unchanged_by_centre_taps():
     for (k1, v1), (k2, v2) in zip(student.aspp.state_dict().items(), plain.state_dict().items()):
         assert k1 == k2
         torch.testing.assert_close(v1, v2)
+
+
+def test_winograd_conv_recomputes_its_transform_when_weights_are_loaded():
+    from teacher.winograd import WinogradConv2d
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Conv2d(256, 256, 3, padding=2, dilation=2), torch.nn.Conv2d(256, 256, 3, padding=2, dilation=2)
+    fast = WinogradConv2d(a)
+    fast.load_state_dict(b.state_dict())
+    x = torch.randn(1, 256, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), b(x), rtol=1e-4, atol=1e-4)
