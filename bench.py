@@ -12,8 +12,10 @@ inference (student forward). Both paths load one set of random weights (--check:
   reference  the original's choices, run by the code of ORIGINAL_TRAIN_KD below: float32, NCHW, the student
              classifying after upsampling, the whole torchvision fcn_resnet50 teacher (aux head too) under no_grad
              with hooks on layer1..3, .item() every step
-  optimised  the repo's code: train.train_one_epoch, channels_last, classify-then-upsample, FrozenTeacher under
-             inference_mode (feature KD stops after layer3), the losses of train.py / train_kd.py, --amp, --compile
+  optimised  the repo's code: train.train_one_epoch, channels_last, classify-then-upsample, centre-tap ASPP,
+             FrozenTeacher under inference_mode (BN folded, Winograd 3x3 convs on the CPU, feature KD stops after
+             layer3), the losses of train.py / train_kd.py, glibc's allocator told to keep freed memory (CPU),
+             --amp, --compile
 Each (workload, path) runs in its own process (so its peak memory is its own); the device is synchronised at each
 step's clock reading. --epoch_bench times whole processes: one epoch of train_kd.py against ORIGINAL_TRAIN_KD.
 """

@@ -210,3 +210,20 @@ def test_winograd_conv_recomputes_its_transform_when_weights_are_loaded():
     x = torch.randn(1, 256, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), b(x), rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_leaves_small_maps_and_centre_taps_to_torch():
+    """A dilation wider than a quarter of the map runs torch's conv (bit for bit), and a light teacher keeps its
+    ASPP's CenterTapConv2d (Winograd on a 3x4 map at dilation 18 would multiply mostly padding)."""
+    from model import CenterTapConv2d
+    from teacher.winograd import WinogradConv2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=4, dilation=4)
+    fast = WinogradConv2d(conv)
+    x = torch.randn(2, 256, 12, 12)  # 3x3 per phase: below one tile
+    with torch.no_grad():
+        assert torch.equal(fast(x), conv(x))
+    light = FrozenTeacher(build_model("light", 11).eval())
+    assert sum(isinstance(m, CenterTapConv2d) for m in light.modules()) == 3
+    assert sum(isinstance(m, WinogradConv2d) for m in light.modules()) == 2  # the decoder's two 3x3 convs
