@@ -272,11 +272,8 @@ def one(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args._path == "optimised":  # as train.py's fit()
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        else:
-            utils.tune_cpu_allocator()
+    if args._path == "optimised":
+        utils.setup_backends(device)  # as train.py's fit()
     weights = canonical_weights(("student",) if args._one in ("scratch", "inference") else PARTS)
     path = (build_reference(args._one, device, weights) if args._path == "reference" else
             build_optimised(args._one, device, weights, args.amp, args.compile))

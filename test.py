@@ -88,10 +88,7 @@ def main(args):
     model = utils.fuse_conv_bn(model.eval()).to(device)  # BatchNorm folded into the convs: same logits, faster
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    else:
-        utils.tune_cpu_allocator()
+    utils.setup_backends(device)
     loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False,
                         num_workers=utils.resolve_num_workers(args.num_workers, device),
                         pin_memory=device.type == "cuda")

@@ -285,10 +285,7 @@ def _fit(args, mode, make_criterion, device):
     main_proc = utils.is_main()
     run = default_run_name(args, mode)
     info = DATASETS[args.dataset]
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    else:
-        utils.tune_cpu_allocator()
+    utils.setup_backends(device)
     utils.seed_everything(args.seed)
 
     train_set, val_set, train_loader, val_loader = build_loaders(args, device)

@@ -306,6 +306,14 @@ def tune_cpu_allocator():
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def setup_backends(device):
+    """The per-device speed settings, once at start-up: cuDNN autotuning on CUDA, the allocator setting elsewhere."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    else:
+        tune_cpu_allocator()
+
+
 # --------------------------------------------------------------------------- pictures
 def _figure_bytes(fig):
     buf = io.BytesIO()

@@ -182,6 +182,7 @@ def test_centre_tap_convolution_is_exact(size):
 
 def test_student_state_dict_and_init_unchanged_by_centre_taps():
     """The student's ASPP convs are CenterTapConv2d, with torchvision's parameter names and initial values."""
+    from torchvision.models import mobilenet_v2
     from torchvision.models.segmentation.deeplabv3 import ASPP
 
     from model import CenterTapConv2d
@@ -191,8 +192,6 @@ def test_student_state_dict_and_init_unchanged_by_centre_taps():
     swapped = [m for m in student.aspp.modules() if isinstance(m, CenterTapConv2d)]
     assert len(swapped) == 3
     torch.manual_seed(0)
-    from torchvision.models import mobilenet_v2
-
     mobilenet_v2().features  # the same RNG draws as the student's constructor before its ASPP
     plain = ASPP(1280, [6, 12, 18], 256)
     for (k1, v1), (k2, v2) in zip(student.aspp.state_dict().items(), plain.state_dict().items()):
