@@ -9,15 +9,16 @@
 
 Workloads on synthetic tensors: scratch (student light, cross-entropy), response and feature (one KD step),
 inference (student forward). Both paths load one set of random weights (--check: they compute the same losses).
-  reference  the original's choices, run by the code of ORIGINAL_TRAIN_KD below: float32, NCHW, the student
-             classifying after upsampling, the whole torchvision fcn_resnet50 teacher (aux head too) under no_grad
-             with hooks on layer1..3, .item() every step
+  reference  the original's choices, run by original.py (an independent re-expression of the original's student,
+             losses and epoch): float32, NCHW, the student classifying after upsampling, every ASPP tap, the whole
+             torchvision fcn_resnet50 teacher (aux head too) under no_grad with hooks on layer1..3, .item() every
+             step, the original's loss scale (batchmean KL, the three feature terms added)
   optimised  the repo's code: train.train_one_epoch, channels_last, classify-then-upsample, centre-tap ASPP,
              FrozenTeacher under inference_mode (BN folded, Winograd 3x3 convs on the CPU, feature KD stops after
              layer3), the losses of train.py / train_kd.py, glibc's allocator told to keep freed memory (CPU),
              --amp, --compile
 Each (workload, path) runs in its own process (so its peak memory is its own); the device is synchronised at each
-step's clock reading. --epoch_bench times whole processes: one epoch of train_kd.py against ORIGINAL_TRAIN_KD.
+step's clock reading. --epoch_bench times whole processes: one epoch of train_kd.py against `python original.py`.
 """
 import argparse
 import json
@@ -34,118 +35,17 @@ from types import SimpleNamespace
 import torch
 from torchvision.models.segmentation import fcn_resnet50
 
+import original
 import train
 import train_kd
 import utils
-from model import LightSegNet, build_model
-from teacher import FEATURE_CHANNELS, FrozenTeacher, TappedSegNet
+from model import build_model, load_original_state_dict
+from teacher import FrozenTeacher, TappedSegNet
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("scratch", "response", "feature", "inference")
 TAG = "BENCH_JSON "  # marks the child's result line on stdout
-PARTS = ("student", "teacher", "align")  # the networks whose weights both paths share
-
-ORIGINAL_TRAIN_KD = r'''
-"""What the original train_kd.py did, for one epoch: PIL transforms on every read, 8 workers with pinned memory,
-NCHW float32, the upsample-then-classify student, the whole torchvision teacher under no_grad with hooks on
-layer1..3, .item() every step, a validation pass with mIoU, the student saved. bench.py's reference path runs build()
-and train_epoch() too. argv: method root size batch teacher_weights device out_dir"""
-import os, sys
-import numpy as np, torch, torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
-from torchvision.models.segmentation import fcn_resnet50
-from model import build_model
-
-TAPS, ALPHA, TEMP = ("layer1", "layer2", "layer3"), 0.5, 2.0
-
-class VOCSeg(Dataset):
-    def __init__(self, root, split, size, train):
-        base = os.path.join(root, "VOCdevkit", "VOC2012")
-        ids = open(f"{base}/ImageSets/Segmentation/{split}.txt").read().split()
-        self.items = [(f"{base}/JPEGImages/{i}.jpg", f"{base}/SegmentationClass/{i}.png") for i in ids]
-        colour = [T.ColorJitter(0.2, 0.2, 0.2, 0.1), T.RandomGrayscale(0.2), T.RandomApply([T.GaussianBlur(5)], p=0.3),
-                  T.RandomAdjustSharpness(2, p=0.3), T.RandomAutocontrast(p=0.3)] if train else []
-        self.image_tf = T.Compose([T.Resize((size, size)), *colour, T.ToTensor(),
-                                   T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-        self.mask_tf = T.Resize((size, size), interpolation=T.InterpolationMode.NEAREST)
-    def __len__(self):
-        return len(self.items)
-    def __getitem__(self, i):
-        image, mask = Image.open(self.items[i][0]).convert("RGB"), Image.open(self.items[i][1])
-        return self.image_tf(image), torch.as_tensor(np.array(self.mask_tf(mask)), dtype=torch.long)
-
-def build(method, device, teacher_sd, student_sd=None, align_sd=None):
-    """method: scratch | response | feature. Returns (student, loss_fn(images, masks), optimizer)."""
-    student = build_model("light", 21, upsample_first=True)
-    student.load_state_dict(student_sd) if student_sd else None
-    student.to(device)
-    align = torch.nn.ModuleList(torch.nn.Conv2d(s, t, 1) for s, t in zip((24, 32, 1280), (256, 512, 1024)))
-    align.load_state_dict(align_sd) if align_sd else None
-    align.to(device)
-    feats = {}
-    if method != "scratch":
-        teacher = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
-        teacher.load_state_dict(teacher_sd)
-        teacher.to(device).eval()
-        for n in TAPS:
-            getattr(teacher.backbone, n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o))
-
-    def loss_fn(images, masks):
-        out = student(images, return_features=method == "feature")
-        logits = out[0] if method == "feature" else out
-        ce = F.cross_entropy(logits, masks, ignore_index=255)
-        if method == "scratch":
-            return ce
-        with torch.no_grad():
-            t_logits = teacher(images)["out"]  # all of it: layer4, the FCN head, the aux head, the upsampling
-        if method == "response":
-            kd = F.kl_div(F.log_softmax(logits / TEMP, 1), F.log_softmax(t_logits / TEMP, 1), reduction="none",
-                          log_target=True).sum(1).mean() * TEMP * TEMP
-        else:
-            kd = sum((1 - F.cosine_similarity(conv(F.interpolate(s, size=feats[n].shape[-2:], mode="bilinear")),
-                                               feats[n], dim=1)).mean() for conv, s, n in zip(align, out[1], TAPS)) / 3
-        return ALPHA * kd + (1 - ALPHA) * ce
-
-    params = list(student.parameters()) + (list(align.parameters()) if method == "feature" else [])
-    adam = torch.optim.Adam if method == "scratch" else torch.optim.AdamW  # original train.py / train_kd.py
-    return student, loss_fn, adam(params, lr=1e-3, weight_decay=1e-4)
-
-def train_epoch(student, loss_fn, optimizer, loader, device):
-    student.train()
-    running, steps = 0.0, 0
-    for steps, (images, masks) in enumerate(loader, 1):
-        images, masks = images.to(device), masks.to(device)
-        loss = loss_fn(images, masks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        running += loss.item()  # a host sync every step
-    return running / max(steps, 1)
-
-def main(method, root, size, batch, weights, device, out):
-    size, batch, device = int(size), int(batch), torch.device(device)
-    kw = dict(batch_size=batch, num_workers=8, pin_memory=True)
-    train_loader = DataLoader(VOCSeg(root, "train", size, True), shuffle=True, **kw)
-    val_loader = DataLoader(VOCSeg(root, "val", size, False), shuffle=False, **kw)
-    student, loss_fn, optimizer = build(method, device, torch.load(weights, map_location="cpu"))
-    loss = train_epoch(student, loss_fn, optimizer, train_loader, device)
-    student.eval()
-    hist = np.zeros((21, 21))
-    with torch.no_grad():
-        for images, masks in val_loader:
-            pred, m = student(images.to(device)).argmax(1).cpu().numpy(), masks.numpy()
-            hist += np.bincount(21 * m[m < 21] + pred[m < 21], minlength=441).reshape(21, 21)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        miou = np.nanmean(np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist)))
-    torch.save(student.state_dict(), os.path.join(out, method + "_best.pth"))
-    print(f"original {method}: loss {loss:.4f}, val mIoU {miou:.4f}")
-
-if __name__ == "__main__":
-    main(*sys.argv[1:])
-'''
-
+PARTS = ("student", "teacher")  # the networks whose weights both paths share (the student's: the original's layout)
 
 def get_args_parser():
     p = argparse.ArgumentParser(description="Benchmark the repo's path against the original's choices")
@@ -171,9 +71,8 @@ def get_args_parser():
 # --------------------------------------------------------------------------- the two paths
 def canonical_weights(parts=PARTS):
     """The one set of random weights that every path in every process loads (a seed per part: any subset agrees)."""
-    makers = {"student": lambda: build_model("light"),
-              "teacher": lambda: fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
-              "align": lambda: train_kd.Align(LightSegNet.feature_channels, FEATURE_CHANNELS[:3])}
+    makers = {"student": lambda: original.OriginalLight(),  # alignment convs inside, as the original had them
+              "teacher": lambda: fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)}
     weights = {}
     for seed, name in enumerate(PARTS):
         if name in parts:
@@ -183,25 +82,22 @@ def canonical_weights(parts=PARTS):
 
 
 def build_reference(workload, device, weights):
-    original = {"__name__": "original_train_kd"}
-    exec(compile(ORIGINAL_TRAIN_KD, "original_train_kd.py", "exec"), original)  # noqa: S102 - our own string
-    align = {k.removeprefix("convs."): v for k, v in weights["align"].items()} if "align" in weights else None
-    student, loss_fn, optimizer = original["build"]("scratch" if workload == "inference" else workload, device,
-                                                    weights.get("teacher"), weights["student"], align)
+    student, loss_fn, optimizer = original.build("scratch" if workload == "inference" else workload, device,
+                                                 weights.get("teacher"), weights["student"])
     if workload == "inference":
         def infer(loader):
             student.eval()
             with torch.no_grad():
                 for images, _ in loader:
                     student(images.to(device))
-        return SimpleNamespace(run=infer, loss=lambda x, y: student(x), student=student)
-    return SimpleNamespace(run=lambda loader: original["train_epoch"](student, loss_fn, optimizer, loader, device),
+        return SimpleNamespace(run=infer, loss=lambda x, y: student(x)[0], student=student)
+    return SimpleNamespace(run=lambda loader: original.train_epoch(student, loss_fn, optimizer, loader, device),
                            loss=loss_fn, student=student)
 
 
 def build_optimised(workload, device, weights, amp=False, compile=False):
     student = build_model("light")
-    student.load_state_dict(weights["student"])
+    student.load_state_dict(load_original_state_dict(weights["student"])[0])
     student.to(device).to(memory_format=torch.channels_last)
     autocast, scaler = train.make_autocast(device, amp)
     model = torch.compile(student) if compile else student
@@ -226,7 +122,8 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
             criterion = train_kd.ResponseKDLoss(frozen, args.alpha, args.temperature)
         else:
             criterion = train_kd.FeatureKDLoss(frozen, student.feature_channels, args.alpha)
-            criterion.align.load_state_dict(weights["align"])
+            criterion.align.load_state_dict({"convs." + k.removeprefix("align_layers."): v
+                                             for k, v in weights["student"].items() if k.startswith("align_layers.")})
     criterion.to(device)
     optimizer = train.build_optimizer(
         args, list(student.parameters()) + [p for p in criterion.parameters() if p.requires_grad])
@@ -347,14 +244,13 @@ def epoch_bench(args, device, workloads):
 
     rows = []
     try:  # the temporary folder goes whatever happens
-        data, weights, script = (os.path.join(tmp, f) for f in ("data", "teacher.pth", "original_train_kd.py"))
+        data, weights = (os.path.join(tmp, f) for f in ("data", "teacher.pth"))
+        script = os.path.join(REPO, "original.py")
         timed([sys.executable, "dataset.py", "--make_synthetic", data, "--num_train", str(args.epoch_images),
                "--num_val", str(n_val), "--height", s, "--width", s])
         # Untimed: the first timed run must not pay alone for cold caches (a fresh machine builds matplotlib's fonts).
         timed([sys.executable, "-c", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot, train_kd"])
         torch.save(canonical_weights(("teacher",))["teacher"], weights)  # torchvision's format, aux head included
-        with open(script, "w") as f:
-            f.write(ORIGINAL_TRAIN_KD)
         print(f"epoch bench: 1 epoch of {args.epoch_images} train + {n_val} val images at {s}x{s}, batch {b}, "
               f"{device}{', repo with --amp' if args.amp else ''}{' --compile' if args.compile else ''}; "
               "wall seconds of the whole process")

@@ -45,6 +45,10 @@ class LightSegNet(nn.Module):
     """The original's "light" student: MobileNetV2 trunk, ASPP(256) at stride 32, a decoder joined with the
     stride-8 features, a 1x1 classifier.
 
+    Module for module the original's LightweightResNet (the only dropouts: the decoder's 0.5 and 0.1); its
+    checkpoints load through `load_original_state_dict`. fast=False runs the architecture as defined (the original's
+    order and every ASPP tap): what `python model.py` counts as the architecture's FLOPs.
+
     upsample_first=True keeps the original's order (upsample the 256-channel decoder output to input size, then
     classify). The default classifies at stride 8 and upsamples the C-channel logits: a 1x1 conv and bilinear
     interpolation commute (interpolation weights sum to 1, so the bias passes through), so the logits are the
@@ -53,13 +57,17 @@ class LightSegNet(nn.Module):
 
     feature_channels = (24, 32, 1280)  # stride 4, stride 8, end of trunk (stride 32)
 
-    def __init__(self, num_classes=21, pretrained_backbone=False, upsample_first=False):
+    def __init__(self, num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True):
         super().__init__()
         trunk = mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1 if pretrained_backbone else None).features
         self.stage1 = trunk[:4]   # -> 24 ch, stride 4
         self.stage2 = trunk[4:7]  # -> 32 ch, stride 8
         self.stage3 = trunk[7:]   # -> 1280 ch, stride 32
-        self.aspp = skip_padding_taps(ASPP(1280, [6, 12, 18], 256))
+        aspp = ASPP(1280, [6, 12, 18], 256)
+        # The original's ASPP (atrous_block1/6/12/18, global_pooling, conv1) ends in conv-BN-ReLU: torchvision's
+        # projection adds a Dropout(0.5) that the original does not have. Same parameters, same state dict keys.
+        aspp.project = aspp.project[:3]
+        self.aspp = skip_padding_taps(aspp) if fast else aspp
         self.decoder = nn.Sequential(
             nn.Conv2d(256 + 32, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
             nn.Dropout(0.5),
@@ -86,8 +94,8 @@ class LightSegNet(nn.Module):
         return (logits, [f4, f8, f32]) if return_features else logits
 
 
-def light(num_classes=21, pretrained_backbone=False, **kw):
-    return LightSegNet(num_classes, pretrained_backbone, upsample_first=kw.get("upsample_first", False))
+def light(num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True, **kw):
+    return LightSegNet(num_classes, pretrained_backbone, upsample_first=upsample_first or not fast, fast=fast)
 
 
 def best(num_classes=21, pretrained_backbone=False, **kw):
@@ -107,6 +115,9 @@ def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet5
     return TappedSegNet(teacher_arch, num_classes, pretrained_backbone)
 
 
+ORIGINAL_ALIGN_CHANNELS = (256, 512, 1024)  # the original's alignment convs map the student to ResNet50 layer1..3
+ORIGINAL_TRUNK_PARAMS = 2_223_872  # MobileNetV2's `features`, counted twice by the original's summary table
+
 MODELS = {"light": light, "best": best, "teacher": teacher}
 TEACHER_ARCHS = (*ARCHS, "light")
 
@@ -115,6 +126,102 @@ def build_model(name, num_classes=21, **kwargs):
     if name not in MODELS:
         raise ValueError(f"--model_name {name}: unknown; choose one of {', '.join(MODELS)}")
     return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+# --------------------------------------------------------------------------- the original project's checkpoints
+# The original saved `model.state_dict()` of its LightweightResNet. Its trunk is registered twice (`backbone.*`, and
+# the slices `low_level_features.*`, `mid_level_features.*`, `high_level_features.*` holding the same tensors), its
+# ASPP names its branches, and feature KD's 1x1 alignment convs (`align_layers.*`) sit inside the student.
+_ORIGINAL_ASPP = {"atrous_block1.": "convs.0.", "atrous_block6.": "convs.1.", "atrous_block12.": "convs.2.",
+                  "atrous_block18.": "convs.3.", "global_pooling.": "convs.4.", "conv1.": "project."}
+# Slicing an nn.Sequential keeps the indices: low_level_features.0-3, mid_level_features.4-6, high_level_features.7-18
+# name the same layers as backbone.N, and as this repo's stage1/2/3.N.
+_ORIGINAL_TRUNK = {"low_level_features": "stage1", "mid_level_features": "stage2", "high_level_features": "stage3"}
+
+
+def is_original_state_dict(sd):
+    return isinstance(sd, dict) and any(isinstance(k, str) and k.split(".", 1)[0] in (
+        "low_level_features", "mid_level_features", "high_level_features") for k in sd)
+
+
+def _trunk_key(index, rest):
+    return f"{'stage1' if index < 4 else 'stage2' if index < 7 else 'stage3'}.{index}.{rest}"
+
+
+def load_original_state_dict(sd):
+    """The original's LightweightResNet state dict -> (this repo's light state dict, notes on what was dropped).
+
+    Raises ValueError when a key is not the original's or the trunk's two copies disagree."""
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    out, notes, aligned = {}, [], []
+    for key, value in sd.items():
+        head, rest = key.split(".", 1) if "." in key else (key, "")
+        if head == "align_layers":
+            aligned.append(key)
+            continue
+        if head == "backbone":  # the whole trunk, the same tensors as the three slices
+            index, tail = rest.split(".", 1)
+            new = _trunk_key(int(index), tail)
+        elif head in _ORIGINAL_TRUNK:
+            new = f"{_ORIGINAL_TRUNK[head]}.{rest}"
+        elif head == "aspp":
+            branch = next((b for b in _ORIGINAL_ASPP if rest.startswith(b)), None)
+            if branch is None:
+                raise ValueError(f"unexpected key {key!r} in the original's ASPP")
+            new = "aspp." + _ORIGINAL_ASPP[branch] + rest[len(branch):]
+        elif head in ("decoder", "classifier"):
+            new = key
+        else:
+            raise ValueError(f"unexpected key {key!r}: not a key of the original's LightweightResNet")
+        if new in out and not torch.equal(out[new], value):
+            raise ValueError(f"{key} differs from the trunk slice that holds the same layer ({new})")
+        out[new] = value
+    if aligned:
+        notes.append(f"dropped {len(aligned)} align_layers.* tensors: the original kept feature KD's 1x1 alignment "
+                     "convs inside its student; they are not part of the network that predicts")
+    return out, notes
+
+
+def load_trained(path):
+    """Any checkpoint test.py, predict.py and export.py accept -> (network in eval mode, meta).
+
+    Accepted: a checkpoint written by this repo ({"model", "model_name", "num_classes", "dataset", ...}), or a
+    state dict saved by the original project (its LightweightResNet, recognised by its keys; VOC classes).
+    meta: model_name, num_classes, dataset, teacher_arch, epoch, notes (what loading dropped), description."""
+    from utils import CheckpointError, load_checkpoint  # local: utils sits beside model.py on floor 1
+
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, dict) and "model" in ckpt and "model_name" in ckpt:
+        meta = {"model_name": ckpt["model_name"], "num_classes": ckpt.get("num_classes"),
+                "dataset": ckpt.get("dataset", "voc"), "teacher_arch": ckpt.get("teacher_arch", "fcn_resnet50"),
+                "epoch": ckpt.get("epoch"), "notes": [], "source": "this repo"}
+        sd = ckpt["model"]
+    elif is_original_state_dict(ckpt):
+        try:
+            sd, notes = load_original_state_dict(ckpt)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: looks like the original project's state dict, but {e}") from None
+        if "classifier.weight" not in sd:
+            raise CheckpointError(f"{path}: the original project's state dict has no classifier.weight")
+        meta = {"model_name": "light", "num_classes": int(sd["classifier.weight"].shape[0]), "dataset": "voc",
+                "teacher_arch": "fcn_resnet50", "epoch": None, "notes": notes,
+                "source": "the original project's state dict"}
+    else:
+        keys = list(ckpt)[:4] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path} is neither a checkpoint of this repo (keys model, model_name, ...) nor a state dict of the "
+            f"original project's LightweightResNet (keys low_level_features.*, aspp.atrous_block1.*, ...); it "
+            f"holds {keys}. Pass a *_best.pth written by train.py / train_kd.py, or the original's checkpoint.")
+    model = build_model(meta["model_name"], meta["num_classes"], teacher_arch=meta["teacher_arch"])
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {meta['model_name']} with {meta['num_classes']} classes: "
+                              f"{str(e)[:200]}") from None
+    epoch = f", epoch {meta['epoch']}" if meta["epoch"] is not None else ""
+    origin = "" if meta["source"] == "this repo" else f"; {meta['source']}"
+    meta["description"] = f"{meta['model_name']} ({path}{epoch}{origin})"
+    return model.eval(), meta
 
 
 def count_parameters(model):
@@ -152,11 +259,27 @@ def main(args):
 
         summary(model, size, device="cpu")
     total, trainable = count_parameters(model)
-    flops = count_flops(model, size)
     print(f"model: {args.model_name}")
     print(f"total parameters: {total:,}")
     print(f"trainable parameters: {trainable:,}")
-    print(f"FLOPs at {'x'.join(map(str, size))}: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC)")
+    at = "x".join(map(str, size))
+    if args.model_name == "light":
+        # The original's count: its LightweightResNet held feature KD's 1x1 alignment convs (24->256, 32->512,
+        # 1280->1024) inside the student. Here they belong to the feature-KD loss, not to the network.
+        align = sum(s * t + t for s, t in zip(LightSegNet.feature_channels, ORIGINAL_ALIGN_CHANNELS))
+        print(f"Total parameters in light (the original's count, its alignment convs included): {total + align:,} "
+              f"= {total:,} + {align:,}")
+        print(f"  (the original's torchsummary table said {total + ORIGINAL_TRUNK_PARAMS:,}: the alignment convs are "
+              f"not in its forward, and it counts the MobileNetV2 trunk's {ORIGINAL_TRUNK_PARAMS:,} parameters twice, "
+              "once per name the original registers it under)")
+        flops = count_flops(build_model("light", args.num_classes, fast=False), size)
+        fast = count_flops(model, size)
+        print(f"FLOPs at {at}: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC), the architecture as defined")
+        print(f"  this repo's forward computes the same function in {fast / 1e9:.2f} GFLOP (classifies before "
+              "upsampling; skips ASPP taps that read only padding)")
+    else:
+        flops = count_flops(model, size)
+        print(f"FLOPs at {at}: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python test.py --training_mode teacher      # also regular | response | feature
     python test.py --training_mode feature --weights weights/feature_best.pth
     python test.py --training_mode regular --root_dir data/synthetic --img_size 64 --device cpu
+    python test.py --training_mode feature --weights checkpoints/feature_kd_best.pth   # the original project's file
 
 Prints mIoU with the ignore label (255) excluded, pixel accuracy, a per-class IoU table and the mean inference
 time per image (device synchronised around every forward pass; the first batch is warm-up). results.csv columns:
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 
 import utils
 from dataset import DATASETS, add_data_args, build_dataset, parse_size
-from model import TEACHER_ARCHS, build_model
+from model import TEACHER_ARCHS, build_model, load_trained
 from teacher import load_teacher
 from train import evaluate, make_autocast, run_cli, save_predictions
 
@@ -31,7 +32,9 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Evaluate a trained network on the validation split")
     p.add_argument("--training_mode", default="regular", choices=MODES)
     p.add_argument("--save_dir", default="weights", help="where training wrote MODE_best.pth")
-    p.add_argument("--weights", default=None, help="a checkpoint to evaluate instead of SAVE_DIR/MODE_best.pth")
+    p.add_argument("--weights", default=None,
+                   help="a checkpoint to evaluate instead of SAVE_DIR/MODE_best.pth: one of this repo's, or a state "
+                        "dict saved by the original project (checkpoints/{light,response_kd,feature_kd}_best.pth)")
     p.add_argument("--run_name", default=None, help="file prefix under --save_dir, if training used --run_name")
     p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS)
     p.add_argument("--teacher_weights", default=None, help="teacher mode: as train_kd.py's flag")
@@ -63,19 +66,14 @@ def load_network(args, info, device):
         raise utils.CheckpointError(
             f"--training_mode {args.training_mode}: no checkpoint at {path}. Train it first "
             f"(`{how[args.training_mode]} --save_dir {args.save_dir}`), or pass --weights PATH.")
-    ckpt = utils.load_checkpoint(path)
-    if "model" not in ckpt or "model_name" not in ckpt:
-        raise utils.CheckpointError(f"{path} is not a checkpoint written by this repo (no model/model_name keys)")
-    if ckpt.get("num_classes") != info.num_classes:
+    model, meta = load_trained(path)
+    for note in meta["notes"]:
+        print(f"note: {path}: {note}")
+    if meta["num_classes"] != info.num_classes:
         raise utils.CheckpointError(
-            f"{path} was trained for {ckpt.get('num_classes')} classes ({ckpt.get('dataset')}), but --dataset "
+            f"{path} was trained for {meta['num_classes']} classes ({meta['dataset']}), but --dataset "
             f"{info.name} has {info.num_classes}; pass the matching --dataset")
-    model = build_model(ckpt["model_name"], info.num_classes, teacher_arch=ckpt.get("teacher_arch", "fcn_resnet50"))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise utils.CheckpointError(f"{path}: weights do not fit {ckpt['model_name']}: {str(e)[:200]}") from None
-    return model, f"{ckpt['model_name']} ({path}, epoch {ckpt.get('epoch')})"
+    return model, meta["description"]
 
 
 def main(args):
@@ -93,7 +91,7 @@ def main(args):
                         num_workers=utils.resolve_num_workers(args.num_workers, device),
                         pin_memory=device.type == "cuda")
     autocast, _ = make_autocast(device, args.amp)
-    cm, sec_per_image = evaluate(model, loader, device, info.num_classes, info.ignore_index, autocast=autocast,
+    cm, _, sec_per_image = evaluate(model, loader, device, info.num_classes, info.ignore_index, autocast=autocast,
                                  channels_last=args.channels_last, progress=not args.no_progress,
                                  time_inference=True)
     res = cm.compute()

@@ -70,15 +70,19 @@ def get_args_parser(add_help=True, description="Train a segmentation network fro
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--weight_decay", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=30, help="early stopping on val mIoU; 0 disables it")
-    p.add_argument("--delta", type=float, default=0.0, help="minimum mIoU gain that resets the patience")
+    p.add_argument("--patience", type=int, default=30, help="early stopping on --monitor; 0 disables it")
+    p.add_argument("--delta", type=float, default=0.0, help="minimum improvement of --monitor that resets the patience")
+    p.add_argument("--monitor", default="loss", choices=["loss", "miou"],
+                   help="what the plateau scheduler, early stopping and RUN_best.pth watch: val loss (lower is "
+                        "better; the original train.py's choice, the default here) or val mIoU (the original "
+                        "train_kd.py's, the default there)")
     add_data_args(p, augment_default="train")
     p.add_argument("--num_workers", type=int, default=-1, help=utils.NUM_WORKERS_HELP)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     p.add_argument("--scheduler", default="plateau", choices=["plateau", "poly", "none"],
-                   help="plateau: ReduceLROnPlateau(factor 0.5, patience 10) on val mIoU (the original); "
+                   help="plateau: ReduceLROnPlateau(factor 0.5, patience 10) on --monitor (the original); "
                         "poly: (1 - it/total)^0.9 per step, for fixed budgets")
     p.add_argument("--run_name", default=None, help="file prefix under --save_dir (default: the training mode)")
     p.add_argument("--resume", default="", help="checkpoint to continue from, or 'auto' (RUN_last.pth if present)")
@@ -178,11 +182,13 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, *, autoc
 @torch.inference_mode()
 def evaluate(model, loader, device, num_classes, ignore_index=255, *, autocast=None, channels_last=True,
              progress=True, time_inference=False):
-    """Confusion matrix over the whole split (reduced across processes). With time_inference, also the mean
-    forward time per image in seconds, with the device synchronised around each forward pass."""
+    """Returns (confusion matrix, val loss, seconds per image) over the whole split, reduced across processes.
+    The val loss is the cross-entropy averaged over every labelled pixel of the split (255 excluded). With
+    time_inference, the mean forward time per image, the device synchronised around each forward pass (else None)."""
     model.eval()
     autocast = autocast or nullcontext()
     cm = utils.ConfusionMatrix(num_classes, ignore_index, device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seconds, images_timed = 0.0, 0
     bar = tqdm(loader, desc="val", leave=False, disable=not (progress and utils.is_main()), dynamic_ncols=True)
     for i, (images, targets) in enumerate(bar):
@@ -198,8 +204,11 @@ def evaluate(model, loader, device, num_classes, ignore_index=255, *, autocast=N
                 seconds += time.perf_counter() - t0
                 images_timed += images.shape[0]
         cm.update(logits.argmax(1), targets)
+        loss_sum += F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum").double()
     cm.reduce_from_all_processes()
-    return cm, (seconds / images_timed if images_timed else None)
+    labelled = cm.mat[:num_classes].sum().item()  # reduced already; the last row holds the ignored pixels
+    loss = (utils.all_reduce_sum(loss_sum).item() / labelled) if labelled else float("nan")
+    return cm, loss, (seconds / images_timed if images_timed else None)
 
 
 def build_optimizer(args, params):
@@ -307,8 +316,10 @@ def _fit(args, mode, make_criterion, device):
     trainable_loss_params = [p for p in criterion.parameters() if p.requires_grad]
     optimizer = build_optimizer(args, list(model.parameters()) + trainable_loss_params)
 
+    higher_is_better = args.monitor == "miou"
     if args.scheduler == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=10)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max" if higher_is_better else "min", factor=0.5, patience=10)
     elif args.scheduler == "poly":
         total = args.epochs * len(train_loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / total) ** 0.9)
@@ -322,7 +333,8 @@ def _fit(args, mode, make_criterion, device):
     best_path = os.path.join(args.save_dir, f"{run}_best.pth")
     resume = last_path if args.resume == "auto" and os.path.isfile(last_path) else (
         args.resume if args.resume not in ("", "auto") else None)
-    start_epoch, best_miou, bad_epochs, history = 0, -1.0, 0, []
+    # best: the best --monitor value so far, as a score where higher is better (minus the loss for "loss")
+    start_epoch, best, best_miou, bad_epochs, history = 0, -math.inf, -1.0, 0, []
     rng_to_restore = None
     if not resume and os.path.isfile(last_path) and main_proc:
         print(f"note: starting afresh; {last_path} of an earlier run will be replaced after the first epoch "
@@ -339,7 +351,12 @@ def _fit(args, mode, make_criterion, device):
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch = ckpt["epoch"] + 1
-        best_miou, bad_epochs = ckpt["early_stopping"]["best"], ckpt["early_stopping"]["bad_epochs"]
+        stopping = ckpt["early_stopping"]
+        if stopping.get("monitor", "miou") != args.monitor:
+            raise utils.CheckpointError(
+                f"{resume} was trained with --monitor {stopping.get('monitor', 'miou')}; resume it with the same "
+                f"--monitor (this run has {args.monitor})")
+        best, bad_epochs, best_miou = stopping["best"], stopping["bad_epochs"], ckpt["best_miou"]
         history = ckpt["history"]
         rng_to_restore = ckpt["rng"]
         if main_proc:
@@ -375,7 +392,7 @@ def _fit(args, mode, make_criterion, device):
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict(),
-            "early_stopping": {"best": best_miou, "bad_epochs": bad_epochs},
+            "early_stopping": {"best": best, "bad_epochs": bad_epochs, "monitor": args.monitor},
             "epoch": epoch, "best_miou": best_miou, "history": history,
             "rng": utils.rng_state(), "finished": finished,
         }
@@ -390,19 +407,23 @@ def _fit(args, mode, make_criterion, device):
                                     channels_last=args.channels_last, log_interval=args.log_interval,
                                     progress=not args.no_progress)
             utils.average_buffers(model)
-            cm, _ = evaluate(model, val_loader, device, info.num_classes, info.ignore_index, autocast=autocast,
-                             channels_last=args.channels_last, progress=not args.no_progress)
+            cm, val_loss, _ = evaluate(model, val_loader, device, info.num_classes, info.ignore_index,
+                                       autocast=autocast, channels_last=args.channels_last,
+                                       progress=not args.no_progress)
             res = cm.compute()
             miou = res["miou"]
+            watched = miou if higher_is_better else val_loss
             if args.scheduler == "plateau":
-                scheduler.step(miou)
-            improved = miou > best_miou + args.delta
+                scheduler.step(watched)
+            score = watched if higher_is_better else -watched
+            improved = score > best + args.delta
             if improved:
-                best_miou, bad_epochs = miou, 0
+                best, best_miou, bad_epochs = score, miou, 0
             else:
                 bad_epochs += 1
             stop = args.patience > 0 and bad_epochs >= args.patience
-            record = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}, "val_miou": miou,
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}, "val_loss": val_loss,
+                      "val_miou": miou,
                       "val_pixel_acc": res["pixel_acc"], "lr": optimizer.param_groups[0]["lr"],
                       "epoch_time_s": round(time.time() - t0, 3)}
             history.append(record)
@@ -415,11 +436,13 @@ def _fit(args, mode, make_criterion, device):
                 utils.append_jsonl(os.path.join(args.save_dir, f"{run}_log.jsonl"), record)
                 utils.plot_curves(history, os.path.join(args.save_dir, f"{run}_curves.png"),
                                   title=f"{run}: {args.model_name} on {info.name}")
-                print(f"{run} epoch {epoch}: loss {parts['loss']:.4f}, val mIoU {miou:.4f} (best {best_miou:.4f}), "
+                print(f"{run} epoch {epoch}: loss {parts['loss']:.4f}, val loss {val_loss:.4f}, val mIoU {miou:.4f} "
+                      f"(best {args.monitor}: {abs(best):.4f}), "
                       f"lr {record['lr']:.2e}, {record['epoch_time_s']:.1f}s" + (" *" if improved else ""))
             if stop:
                 if main_proc:
-                    print(f"early stopping: no val mIoU gain above {args.delta} for {args.patience} epochs")
+                    print(f"early stopping: no val {args.monitor} improvement above {args.delta} for "
+                          f"{args.patience} epochs")
                 break
     except KeyboardInterrupt:
         if main_proc:
@@ -432,7 +455,7 @@ def _fit(args, mode, make_criterion, device):
     if main_proc:
         save_predictions(model, val_set, device, info, os.path.join(args.save_dir, f"{run}_predictions.png"),
                          range(min(args.num_vis, len(val_set))), args.channels_last, title=f"{run}: {args.model_name}, last epoch")
-        print(f"{run}: best val mIoU {best_miou:.4f}; weights in {best_path}")
+        print(f"{run}: best epoch by val {args.monitor}: val mIoU {best_miou:.4f}; weights in {best_path}")
     return {"best_miou": best_miou, "history": history, "best_path": best_path, "skipped": False, "model": model,
             "criterion": criterion}
 

@@ -21,48 +21,33 @@ from teacher import load_teacher
 from train import SegmentationLoss, fit, get_args_parser as train_args_parser, run_cli
 
 
-class PixelKL(torch.autograd.Function):
-    """T^2 * mean over pixels of KL(softmax(t/T) || softmax(s/T)), summed over classes (dim 1), and its gradient
-    T * (softmax(s/T) - softmax(t/T)) / pixels written out: the formula of F.kl_div(...).sum(1).mean() * T^2 in
-    fewer passes over the (N, C, H, W) logits (this term, forward and backward: ~280 -> ~180 ms per batch of 8 at
-    256x256 on 2 CPU cores).
-    The teacher's logits get no gradient (they come from a frozen teacher)."""
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher_logits, T):
-        log_q = torch.log_softmax(student_logits / T, dim=1)
-        log_p = torch.log_softmax(teacher_logits / T, dim=1)
-        p = log_p.exp()
-        pixels = student_logits.numel() // student_logits.shape[1]
-        # torch's sum (cascade summation), not a BLAS dot: over 10^7 terms in float32 the dot drifted by 5e-5
-        kl_sum = (p * log_p.sub_(log_q)).sum()
-        ctx.save_for_backward(log_q, p)
-        ctx.grad_scale = T / pixels
-        return kl_sum * (T * T / pixels)
-
-    @staticmethod
-    def backward(ctx, grad):
-        log_q, p = ctx.saved_tensors
-        return log_q.exp().sub_(p).mul_(grad * ctx.grad_scale), None, None
+REDUCTIONS = ("original", "pixel")
 
 
 class ResponseKDLoss(nn.Module):
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE  (Hinton et al., 2015), per pixel.
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE  (Hinton et al., 2015).
 
-    The KL divergence is summed over classes and averaged over all pixels (ignored ones too, as the original and
-    CIRKD do: the teacher has an opinion there). The original's batchmean on 4-D logits summed over pixels, so its
-    term grew with image size (65,536x the per-pixel mean at 256x256); here alpha weighs a per-pixel term.
+    reduction "original" (the default, the original project's): nn.KLDivLoss(reduction="batchmean") on the
+    (N, C, H, W) logits, i.e. the KL summed over classes and pixels and divided by N, so the term grows with the
+    image size (H*W times the per-pixel mean). "pixel": summed over classes and averaged over all pixels (ignored
+    ones too, as CIRKD and MMRazor do: the teacher has an opinion there), a scale independent of the image size.
     """
 
     needs_features = False
 
-    def __init__(self, teacher, alpha=0.5, temperature=2.0, ignore_index=255):
+    def __init__(self, teacher, alpha=0.5, temperature=2.0, ignore_index=255, reduction="original"):
         super().__init__()
-        self.teacher, self.alpha, self.T = teacher, alpha, temperature
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
+        self.teacher, self.alpha, self.T, self.reduction = teacher, alpha, temperature, reduction
         self.ce = SegmentationLoss(ignore_index)
 
     def kd_term(self, student_logits, teacher_logits):
-        return PixelKL.apply(student_logits.float(), teacher_logits.float(), self.T)
+        s, t = student_logits.float(), teacher_logits.float()
+        kl = F.kl_div(F.log_softmax(s / self.T, dim=1), F.log_softmax(t / self.T, dim=1), reduction="sum",
+                      log_target=True)
+        per = s.shape[0] if self.reduction == "original" else s.numel() // s.shape[1]
+        return kl * (self.T * self.T / per)
 
     def forward(self, images, outputs, targets):
         ce = self.ce(images, outputs, targets)["loss"]
@@ -73,18 +58,21 @@ class ResponseKDLoss(nn.Module):
 
 
 class FeatureKDLoss(nn.Module):
-    """alpha * mean_k (1 - cos(align_k(s_k), t_k)) + (1 - alpha) * CE, the original's feature distillation.
+    """alpha * sum_k (1 - cos(align_k(s_k), t_k)) + (1 - alpha) * CE, the original's feature distillation.
 
     Pairs: student stride-4, stride-8 and last-trunk features with teacher layer1, layer2, layer3. Student
     features are resized (bilinear) to the teacher's size, projected by a 1x1 conv to the teacher's width, and
-    compared by cosine similarity over channels at every pixel, averaged over pixels and pairs.
+    compared by cosine similarity over channels at every pixel, averaged over pixels. reduction "original" (the
+    default) adds the three pair terms, as the original did; "pixel" averages them (CIRKD's and MMRazor's habit).
     """
 
     needs_features = True
 
-    def __init__(self, teacher, student_channels, alpha=0.5, ignore_index=255):
+    def __init__(self, teacher, student_channels, alpha=0.5, ignore_index=255, reduction="original"):
         super().__init__()
-        self.teacher, self.alpha = teacher, alpha
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
+        self.teacher, self.alpha, self.reduction = teacher, alpha, reduction
         self.ce = SegmentationLoss(ignore_index)
         t_channels = teacher.feature_channels[:3]
         if len(student_channels) != 3:
@@ -101,7 +89,8 @@ class FeatureKDLoss(nn.Module):
     def feature_term(self, student_feats, teacher_feats):
         aligned = self._align_all(student_feats, teacher_feats)
         terms = [(1 - F.cosine_similarity(a.float(), t.float(), dim=1)).mean() for a, t in zip(aligned, teacher_feats)]
-        return torch.stack(terms).mean()
+        terms = torch.stack(terms)
+        return terms.sum() if self.reduction == "original" else terms.mean()
 
     def _align_all(self, student_feats, teacher_feats):
         # Project, then resize: a 1x1 conv commutes with bilinear interpolation, and projecting the stride-32 map
@@ -135,9 +124,14 @@ def get_args_parser():
     p.add_argument("--kd_method", default="response", choices=["response", "feature"])
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of response KD")
+    p.add_argument("--kd_reduction", default="original", choices=REDUCTIONS,
+                   help="original: the original's scale (response: KL summed over classes and pixels, divided by "
+                        "the batch size, times T^2; feature: the three pair terms added); pixel: response KL "
+                        "averaged over pixels, feature pair terms averaged (CIRKD/MMRazor; no image-size dependence)")
     p.add_argument("--teacher_weights", default=None, help="teacher weights file (see teacher/)")
-    # The original train_kd.py: AdamW and a stronger photometric augmentation.
-    p.set_defaults(optimizer="adamw", augment="kd")
+    # The original train_kd.py: AdamW, a stronger photometric augmentation, and schedule/early stopping/best
+    # checkpoint on val mIoU (its train.py watched val loss).
+    p.set_defaults(optimizer="adamw", augment="kd", monitor="miou")
     return p
 
 
@@ -149,11 +143,11 @@ def make_criterion(args, info, model, device):
     if utils.is_main():
         print(f"teacher: {args.teacher_arch} from {source}")
     if args.kd_method == "response":
-        return ResponseKDLoss(teacher, args.alpha, args.temperature, info.ignore_index)
+        return ResponseKDLoss(teacher, args.alpha, args.temperature, info.ignore_index, args.kd_reduction)
     channels = getattr(model, "feature_channels", None)
     if channels is None:
         raise SystemExit(f"--model_name {args.model_name} exposes no feature maps for --kd_method feature")
-    return FeatureKDLoss(teacher, channels, args.alpha, info.ignore_index)
+    return FeatureKDLoss(teacher, channels, args.alpha, info.ignore_index, args.kd_reduction)
 
 
 def main(args):

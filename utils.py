@@ -249,6 +249,13 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
+def all_reduce_sum(t):
+    if is_dist():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def all_reduce_mean(t):
     if is_dist():
         t = t.clone()
