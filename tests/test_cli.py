@@ -163,8 +163,10 @@ def test_kd_with_alpha_zero_reproduces_scratch_run(synthetic_root, torch_home, t
 def test_ctrl_c_saves_weights_and_keeps_last_checkpoint(synthetic_root, tmp_path):
     args = [sys.executable, script("train.py"), "--root_dir", synthetic_root, "--epochs", "50", *SMALL,
             "--num_vis", "0", "--save_dir", str(tmp_path)]
+    # A shell's background job (`pytest ... &`, nohup, some CI runners) starts with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the child restores the default disposition, as a terminal's would be.
     proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "regular_log.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not log.exists():
