@@ -13,10 +13,11 @@ inference (student forward). Both paths load one set of random weights (--check:
              losses and epoch): float32, NCHW, the student classifying after upsampling, every ASPP tap, the whole
              torchvision fcn_resnet50 teacher (aux head too) under no_grad with hooks on layer1..3, .item() every
              step, the original's loss scale (batchmean KL, the three feature terms added)
-  optimised  the repo's code: train.train_one_epoch, channels_last, classify-then-upsample, centre-tap ASPP,
-             FrozenTeacher under inference_mode (BN folded, Winograd 3x3 convs on the CPU, feature KD stops after
-             layer3), the losses of train.py / train_kd.py, glibc's allocator told to keep freed memory (CPU),
-             --amp, --compile
+  optimised  the repo's code: engine.train_one_epoch, channels_last, classify-then-upsample, FrozenTeacher under
+             inference_mode (feature KD stops after layer3), the losses of losses.py, the tricks of fast.py
+             (centre-tap ASPP, BN folded into the teacher, Winograd 3x3 convs on the CPU, glibc's allocator
+             told to keep freed memory), --amp, --compile. --disable TRICK[,TRICK] times it without some of
+             fast.py's tricks (the reference path never uses them): what each one pays.
 Each (workload, path) runs in its own process (so its peak memory is its own); the device is synchronised at each
 step's clock reading. --epoch_bench times whole processes: one epoch of train_kd.py against `python original.py`.
 """
@@ -35,12 +36,15 @@ from types import SimpleNamespace
 import torch
 from torchvision.models.segmentation import fcn_resnet50
 
+import engine
+import fast
+import losses
 import original
 import train
 import train_kd
 import utils
-from model import build_model, load_original_state_dict
-from teacher import FrozenTeacher, TappedSegNet
+from model import TappedSegNet, build_model, load_original_state_dict
+from teacher import FrozenTeacher
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("scratch", "response", "feature", "inference")
@@ -56,10 +60,12 @@ def get_args_parser():
     p.add_argument("--steps", type=int, default=5, help="timed steps: their median and min-max are reported")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of " + ", ".join(WORKLOADS))
     p.add_argument("--no_reference", action="store_true", help="time the optimised path only")
-    p.add_argument("--amp", action="store_true", help="optimised path: mixed precision (train.make_autocast)")
+    p.add_argument("--amp", action="store_true", help="optimised path: mixed precision (engine.make_autocast)")
     p.add_argument("--compile", action="store_true", help="optimised path: torch.compile the student")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads / OMP_NUM_THREADS (0: default)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--disable", default="", help="comma list of fast.py tricks to switch off in the optimised path: "
+                   + ", ".join(fast.TRICKS))
     p.add_argument("--check", action="store_true", help="first compare both paths' losses (eval mode, fp32)")
     p.add_argument("--epoch_bench", action="store_true", help="time one epoch of train_kd.py vs the original's")
     p.add_argument("--epoch_images", type=int, default=64, help="epoch bench: train images (val: a quarter)")
@@ -99,37 +105,37 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
     student = build_model("light")
     student.load_state_dict(load_original_state_dict(weights["student"])[0])
     student.to(device).to(memory_format=torch.channels_last)
-    autocast, scaler = train.make_autocast(device, amp)
+    autocast, scaler = engine.make_autocast(device, amp)
     model = torch.compile(student) if compile else student
     cl = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
     if workload == "inference":
-        utils.fuse_conv_bn(student.eval())  # as test.py does
+        fast.fuse_conv_bn(student.eval())  # as test.py does
         def infer(loader):
             model.eval()
             with torch.inference_mode(), autocast:
-                for images, _ in loader:  # as train.to_device, without the targets' copy
+                for images, _ in loader:  # as engine.to_device, without the targets' copy
                     model(cl(images.to(device, non_blocking=True)))
         return SimpleNamespace(run=infer, loss=lambda x, y: student(cl(x)), student=student)
     # The flags of a real run: train.py's for scratch, train_kd.py's (AdamW, alpha, temperature) for KD.
     args = (train if workload == "scratch" else train_kd).get_args_parser().parse_args([])
     if workload == "scratch":
-        criterion = train.SegmentationLoss()
+        criterion = losses.SegmentationLoss()
     else:
         net = TappedSegNet("fcn_resnet50", 21)
         net.load_state_dict({k: v for k, v in weights["teacher"].items() if not k.startswith("aux_classifier.")})
-        frozen = FrozenTeacher(net).to(device).to(memory_format=torch.channels_last)  # as train_kd.make_criterion
+        frozen = FrozenTeacher(net).to(device).to(memory_format=torch.channels_last)  # as train_kd.main
         if workload == "response":
-            criterion = train_kd.ResponseKDLoss(frozen, args.alpha, args.temperature)
+            criterion = losses.ResponseKDLoss(frozen, args.alpha, args.temperature)
         else:
-            criterion = train_kd.FeatureKDLoss(frozen, student.feature_channels, args.alpha)
+            criterion = losses.FeatureKDLoss(frozen, student.feature_channels, args.alpha)
             criterion.align.load_state_dict({"convs." + k.removeprefix("align_layers."): v
                                              for k, v in weights["student"].items() if k.startswith("align_layers.")})
     criterion.to(device)
-    optimizer = train.build_optimizer(
+    optimizer = engine.build_optimizer(
         args, list(student.parameters()) + [p for p in criterion.parameters() if p.requires_grad])
 
     def run(loader):
-        train.train_one_epoch(model, criterion, optimizer, loader, device, 0, autocast=autocast, scaler=scaler,
+        engine.train_one_epoch(model, criterion, optimizer, loader, device, 0, autocast=autocast, scaler=scaler,
                               channels_last=True, progress=False)
 
     def loss_fn(x, y):
@@ -170,7 +176,7 @@ def one(args):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args._path == "optimised":
-        utils.setup_backends(device)  # as train.py's fit()
+        fast.setup_backends(device)  # as engine.fit()
     weights = canonical_weights(("student",) if args._one in ("scratch", "inference") else PARTS)
     path = (build_reference(args._one, device, weights) if args._path == "reference" else
             build_optimised(args._one, device, weights, args.amp, args.compile))
@@ -222,7 +228,8 @@ def step_bench(args, device, workloads):
             cmd = [sys.executable, os.path.join(REPO, "bench.py"), "--_one", w, "--_path", p, "--device", str(device)]
             cmd += [f"--{k}={getattr(args, k)}" for k in ("img_size", "batch_size", "warmup", "steps", "threads")]
             cmd += ["--amp"] * args.amp + ["--compile"] * args.compile
-            res = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)  # stderr: straight through
+            env = {**os.environ, "SEGKD_DISABLE": args.disable if p == "optimised" else ""}
+            res = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)  # stderr: straight through
             lines = [line for line in res.stdout.splitlines() if line.startswith(TAG)]
             rows.append(json.loads(lines[-1][len(TAG):]) if res.returncode == 0 and lines else
                         {"workload": w, "path": p, "error": f"child exited {res.returncode}; see stderr above"})
@@ -276,12 +283,15 @@ def main(args):
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if not workloads or set(workloads) - set(WORKLOADS):
         sys.exit(f"--workloads {args.workloads}: choose from {', '.join(WORKLOADS)}")
+    unknown = {t for t in args.disable.split(",") if t} - set(fast.TRICKS)
+    if unknown:
+        sys.exit(f"--disable {args.disable}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(fast.TRICKS)}")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 2:
         sys.exit("--steps must be >= 1, --warmup >= 0 and --batch_size >= 2 (BatchNorm in training)")
     device, _ = utils.init_distributed(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = {k: getattr(args, k) for k in ("img_size", "batch_size", "warmup", "steps", "amp", "compile", "threads")}
+    config = {k: getattr(args, k) for k in ("img_size", "batch_size", "warmup", "steps", "amp", "compile", "threads", "disable")}
     config.update(device=str(device), torch=torch.__version__,
                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     result = {"config": config}

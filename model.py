@@ -12,33 +12,55 @@ import argparse
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101_Weights, mobilenet_v2
+from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from teacher import ARCHS, TappedSegNet
+from fast import skip_padding_taps
+
+# torchvision's ResNet segmentation networks: the teacher's architectures (teacher/ knows their VOC weights) and the
+# original's second student ("best"). name: (builder, ImageNet backbone weights)
+RESNET_SEGNETS = {
+    "fcn_resnet50": (fcn_resnet50, ResNet50_Weights.IMAGENET1K_V1),
+    "deeplabv3_resnet50": (deeplabv3_resnet50, ResNet50_Weights.IMAGENET1K_V1),
+    "deeplabv3_resnet101": (deeplabv3_resnet101, ResNet101_Weights.IMAGENET1K_V1),
+}
+FEATURE_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of a ResNet50/101
 
 
-class CenterTapConv2d(nn.Conv2d):
-    """A dilated 3x3 convolution that skips its off-centre taps when they can only read the zero padding.
+class TappedSegNet(nn.Module):
+    """A torchvision ResNet segmentation net that also returns its layer1..layer4 features.
 
-    With dilation >= the feature map's height and width, every off-centre tap of every output pixel falls outside
-    the map, so the convolution is exactly the 1x1 convolution with the centre weights (and the off-centre weights
-    get exactly zero gradient either way). The student's ASPP runs rates 12 and 18 on an 8x8 map at 256x256 input:
-    this skips 8/9 of their work, forward and backward. Same parameters, same state dict."""
+    Attribute names match torchvision's (backbone.*, classifier.*), so torchvision state dicts load as they are.
+    `forward(x, return_features=True, upto=k)` stops after layer k when the logits are not needed:
+    feature distillation reads only layer1..layer3, and layer4 + head are most of the teacher's cost.
+    """
 
-    def forward(self, x):
-        if x.shape[-2] <= self.dilation[0] and x.shape[-1] <= self.dilation[1]:
-            return F.conv2d(x, self.weight[:, :, 1:2, 1:2], self.bias)
-        return super().forward(x)
+    feature_channels = FEATURE_CHANNELS
 
+    def __init__(self, arch="fcn_resnet50", num_classes=21, pretrained_backbone=False):
+        super().__init__()
+        if arch not in RESNET_SEGNETS:
+            raise ValueError(f"--teacher_arch {arch}: unknown; choose one of {', '.join(RESNET_SEGNETS)}")
+        builder, backbone_weights = RESNET_SEGNETS[arch]
+        net = builder(weights=None, weights_backbone=backbone_weights if pretrained_backbone else None,
+                      num_classes=num_classes, aux_loss=False)
+        self.arch = arch
+        self.backbone = net.backbone  # IntermediateLayerGetter: conv1, bn1, relu, maxpool, layer1..layer4
+        self.classifier = net.classifier
 
-def skip_padding_taps(module):
-    """Make every dilated 3x3 'same' convolution of `module` a CenterTapConv2d (in place, no new parameters)."""
-    for m in module.modules():
-        if (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == m.dilation
-                and m.padding_mode == "zeros" and m.dilation != (1, 1)):
-            m.__class__ = CenterTapConv2d  # the class only: parameters, RNG use and state dict stay as they were
-    return module
+    def forward(self, x, return_features=False, upto=4):
+        size = x.shape[-2:]
+        feats = []
+        h = x
+        for name, module in self.backbone.items():
+            h = module(h)
+            if name.startswith("layer"):
+                feats.append(h)
+                if len(feats) == upto and upto < 4:
+                    return None, feats
+        logits = F.interpolate(self.classifier(h), size=size, mode="bilinear", align_corners=False)
+        return (logits, feats) if return_features else logits
 
 
 class LightSegNet(nn.Module):
@@ -110,7 +132,7 @@ def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet5
     distillation; the from-scratch teacher that pays on small data sets, see the README)."""
     if teacher_arch == "light":
         return light(num_classes, pretrained_backbone)
-    if teacher_arch not in ARCHS:
+    if teacher_arch not in RESNET_SEGNETS:
         raise ValueError(f"--teacher_arch {teacher_arch}: unknown; choose one of {', '.join(TEACHER_ARCHS)}")
     return TappedSegNet(teacher_arch, num_classes, pretrained_backbone)
 
@@ -119,7 +141,17 @@ ORIGINAL_ALIGN_CHANNELS = (256, 512, 1024)  # the original's alignment convs map
 ORIGINAL_TRUNK_PARAMS = 2_223_872  # MobileNetV2's `features`, counted twice by the original's summary table
 
 MODELS = {"light": light, "best": best, "teacher": teacher}
-TEACHER_ARCHS = (*ARCHS, "light")
+TEACHER_ARCHS = (*RESNET_SEGNETS, "light")
+
+
+def add_model_args(p):
+    """The network flags of the training scripts."""
+    p.add_argument("--model_name", default="light", choices=sorted(MODELS))
+    p.add_argument("--pretrained_backbone", action="store_true",
+                   help="ImageNet weights for the trunk (torchvision weights API; needs them cached or internet)")
+    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS,
+                   help="the teacher network (--model_name teacher in train.py; the frozen teacher in train_kd.py)")
+    return p
 
 
 def build_model(name, num_classes=21, **kwargs):

@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 
 import utils
 from dataset import DATASETS, add_data_args, build_dataset, parse_size
-from model import TEACHER_ARCHS, build_model, load_trained
-from teacher import load_teacher
-from train import evaluate, make_autocast, run_cli, save_predictions
+from engine import evaluate, make_autocast, run_cli, save_predictions
+from fast import fuse_conv_bn, setup_backends
+from model import TEACHER_ARCHS, load_trained
+from teacher import TeacherError, load_teacher
 
 MODES = ("teacher", "regular", "response", "feature")
 CSV_COLUMNS = ("training_mode", "mIoU_with_ignore", "mIoU_without_ignore", "avg_inference_time_ms")
@@ -56,9 +57,7 @@ def load_network(args, info, device):
     run = args.run_name or args.training_mode
     path = args.weights or os.path.join(args.save_dir, f"{run}_best.pth")
     if args.training_mode == "teacher" and not args.weights:
-        teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir,
-                                       build=lambda: build_model("teacher", info.num_classes,
-                                                                 teacher_arch=args.teacher_arch))
+        teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir)
         return teacher.net, f"{args.teacher_arch} ({source})"
     if not os.path.isfile(path):
         how = {"regular": "python train.py", "response": "python train_kd.py --kd_method response",
@@ -83,10 +82,10 @@ def main(args):
     val_set = build_dataset(args.dataset, args.root_dir, "val", size, train=False, train_split=args.train_split,
                             download=args.download)
     model, description = load_network(args, info, device)
-    model = utils.fuse_conv_bn(model.eval()).to(device)  # BatchNorm folded into the convs: same logits, faster
+    model = fuse_conv_bn(model.eval()).to(device)  # BatchNorm folded into the convs: same logits, faster
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    utils.setup_backends(device)
+    setup_backends(device)
     loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False,
                         num_workers=utils.resolve_num_workers(args.num_workers, device),
                         pin_memory=device.type == "cuda")
@@ -127,4 +126,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser(), errors=(TeacherError,))

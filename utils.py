@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fast import fuse_conv_bn, setup_backends  # noqa: F401 - TEMPORARY re-export while predict.py moves over
+
 
 # --------------------------------------------------------------------------- metrics
 class ConfusionMatrix:
@@ -68,32 +70,6 @@ class ConfusionMatrix:
         iou_c = self._iou(clamped)
         miou_c = float(torch.nanmean(iou_c)) if torch.isfinite(iou_c).any() else float("nan")
         return {"miou": miou, "pixel_acc": acc, "iou": iou.tolist(), "miou_clamped": miou_c}
-
-
-# --------------------------------------------------------------------------- inference
-def fuse_conv_bn(model):
-    """Fold every eval-mode BatchNorm into the convolution before it (in place; returns the model).
-
-    BatchNorm with frozen statistics is an affine map per channel, so conv->BN equals one conv with rescaled
-    weights and a new bias: the same function up to float rounding, one pass over each activation fewer. Only for
-    networks that will not train again: the frozen teacher and test.py's model. Covers conv/BN pairs that follow
-    each other in a Sequential (torchvision's MobileNetV2, ASPP, heads) and ResNet blocks' convK/bnK attributes.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    assert not model.training, "fuse_conv_bn needs a model in eval mode"
-    for m in list(model.modules()):
-        names = list(m._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = m._modules[a], m._modules[b]
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
-                m._modules[a], m._modules[b] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
-        for i in (1, 2, 3):  # torchvision's Bottleneck/BasicBlock: conv1/bn1 ... as attributes
-            conv, bn = getattr(m, f"conv{i}", None), getattr(m, f"bn{i}", None)
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
-                setattr(m, f"conv{i}", fuse_conv_bn_eval(conv, bn))
-                setattr(m, f"bn{i}", torch.nn.Identity())
-    return model
 
 
 # --------------------------------------------------------------------------- files
@@ -291,34 +267,6 @@ def resolve_num_workers(num_workers, device):
     if num_workers >= 0:
         return num_workers
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-
-
-def tune_cpu_allocator():
-    """glibc only: keep freed memory in the heap instead of returning each large tensor's pages to the OS.
-
-    By default glibc serves every allocation above 32 MB with a fresh mmap and unmaps it on free, so a CPU
-    training step pays page faults (zeroed pages) for each of its large activations, every step. Measured on 2
-    cores, one response-KD epoch at 256x256: 34.5 s -> 27.9 s of wall time (system time 12.6 s -> 2.8 s), for
-    ~15% more peak RSS. Does nothing elsewhere (macOS, Windows, musl)."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def setup_backends(device):
-    """The per-device speed settings, once at start-up: cuDNN autotuning on CUDA, the allocator setting elsewhere."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    else:
-        tune_cpu_allocator()
 
 
 # --------------------------------------------------------------------------- pictures

@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teacher import FrozenTeacher, TappedSegNet
-from train import SegmentationLoss
-from train_kd import FeatureKDLoss, ResponseKDLoss
+from losses import FeatureKDLoss, ResponseKDLoss, SegmentationLoss
+from model import TappedSegNet
+from teacher import FrozenTeacher
 
 
 class FixedTeacher(nn.Module):
@@ -150,7 +150,7 @@ def test_teacher_frozen_during_distillation(method):
 
 
 def test_non_finite_loss_stops_training():
-    from train import NonFiniteLoss, train_one_epoch
+    from engine import NonFiniteLoss, train_one_epoch
 
     class NaNLoss(nn.Module):
         needs_features = False

@@ -1,5 +1,5 @@
 """Faithfulness: the repo's student, checkpoint mapping and default losses against original.py, an independent
-re-expression of the original project's LightweightResNet and loss formulas (not model.py, not train_kd.py)."""
+re-expression of the original project's LightweightResNet and loss formulas (not model.py, not losses.py)."""
 import csv
 import os
 
@@ -12,7 +12,7 @@ from conftest import ROOT, run_cli
 
 import original
 from model import build_model, load_original_state_dict
-from train_kd import FeatureKDLoss, ResponseKDLoss
+from losses import FeatureKDLoss, ResponseKDLoss
 
 
 def random_original(num_classes=21, seed=0):
