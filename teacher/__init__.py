@@ -34,7 +34,7 @@ class TeacherError(RuntimeError):
 
 
 class FrozenTeacher(nn.Module):
-    """Eval mode that `.train()` cannot undo, no gradients, run under inference_mode (STYLE rule 4)."""
+    """Eval mode that `.train()` cannot undo, no gradients, run under no_grad (STYLE rule 4)."""
 
     def __init__(self, net, winograd=True):
         super().__init__()
@@ -47,7 +47,7 @@ class FrozenTeacher(nn.Module):
     def train(self, mode=True):  # noqa: ARG002 - a frozen teacher's BatchNorm statistics never move
         return super().train(False)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: a loss may save the teacher's outputs for its backward (MSE does)
     def forward(self, x, need="logits"):
         """need: 'logits' -> logits; 'features' -> the first three feature maps only (for a ResNet: layer1..layer3,
         no layer4, no head)."""
