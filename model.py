@@ -5,7 +5,9 @@
     python model.py --m teacher
 
 Every model's forward(x) returns logits (N, C, H, W) at input resolution; forward(x, return_features=True)
-returns (logits, [features...]) for feature distillation, with `feature_channels` naming their widths.
+returns (logits, [features...]) for feature distillation, with `feature_channels` naming their widths;
+forward(x, return_features="logits8") returns (logits, [features...], logits8), logits8 being the classifier's
+stride-8 output before upsampling (what CWD and DIST compare).
 """
 import argparse
 
@@ -26,6 +28,7 @@ RESNET_SEGNETS = {
     "deeplabv3_resnet101": (deeplabv3_resnet101, ResNet101_Weights.IMAGENET1K_V1),
 }
 FEATURE_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of a ResNet50/101
+LOGITS8 = "logits8"  # forward(x, return_features=LOGITS8) -> (logits, features, stride-8 logits)
 
 
 class TappedSegNet(nn.Module):
@@ -59,7 +62,10 @@ class TappedSegNet(nn.Module):
                 feats.append(h)
                 if len(feats) == upto and upto < 4:
                     return None, feats
-        logits = F.interpolate(self.classifier(h), size=size, mode="bilinear", align_corners=False)
+        logits8 = self.classifier(h)  # stride 8: the backbone is dilated after layer2
+        logits = F.interpolate(logits8, size=size, mode="bilinear", align_corners=False)
+        if return_features == LOGITS8:
+            return logits, feats, logits8
         return (logits, feats) if return_features else logits
 
 
@@ -111,8 +117,12 @@ class LightSegNet(nn.Module):
         d = self.decoder(torch.cat([a, f8], dim=1))
         if self.upsample_first:
             logits = self.classifier(F.interpolate(d, size=size, mode="bilinear", align_corners=False))
+            logits8 = self.classifier(d) if return_features == LOGITS8 else None
         else:
-            logits = F.interpolate(self.classifier(d), size=size, mode="bilinear", align_corners=False)
+            logits8 = self.classifier(d)
+            logits = F.interpolate(logits8, size=size, mode="bilinear", align_corners=False)
+        if return_features == LOGITS8:
+            return logits, [f4, f8, f32], logits8
         return (logits, [f4, f8, f32]) if return_features else logits
 
 

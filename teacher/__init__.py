@@ -17,7 +17,7 @@ from torchvision.models.segmentation import (
 )
 
 from fast import fuse_conv_bn, use_winograd
-from model import FEATURE_CHANNELS, TappedSegNet, build_model  # noqa: F401 - FEATURE_CHANNELS, TappedSegNet re-exported
+from model import FEATURE_CHANNELS, LOGITS8, TappedSegNet, build_model  # noqa: F401 - FEATURE_CHANNELS, TappedSegNet re-exported
 from utils import load_checkpoint
 
 # Construction runs one way: this package builds its networks with model.py's registry; model.py never imports it.
@@ -50,10 +50,22 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()  # not inference_mode: a loss may save the teacher's outputs for its backward (MSE does)
     def forward(self, x, need="logits"):
         """need: 'logits' -> logits; 'features' -> the first three feature maps only (for a ResNet: layer1..layer3,
-        no layer4, no head)."""
+        no layer4, no head); 'logits8' -> the stride-8 logits before upsampling; a tuple of these names -> a tuple
+        of those outputs in that order, from one forward pass (a loss that combines methods asks once per step)."""
         if need == "features":
             return self.net(x, return_features=True, upto=3)[1]
-        return self.net(x)
+        if need == "logits":
+            return self.net(x)
+        names = (need,) if isinstance(need, str) else tuple(need)
+        unknown = set(names) - {"logits", "logits8", "features"}
+        if unknown:
+            raise ValueError(f"FrozenTeacher: need {sorted(unknown)} unknown; ask for logits, logits8 or features")
+        if set(names) == {"features"}:
+            got = {"features": self.net(x, return_features=True, upto=3)[1]}
+        else:
+            logits, feats, logits8 = self.net(x, return_features=LOGITS8)
+            got = {"logits": logits, "features": feats[:3], "logits8": logits8}
+        return got[need] if isinstance(need, str) else tuple(got[n] for n in names)
 
 
 def _strip_state_dict(sd):
