@@ -229,15 +229,14 @@ def main(args):
 
     # PyTorch as predict.py runs it: the checkpoint's (fast) forward, BatchNorm folded, channels_last. Timed before
     # the exported file is loaded: ONNX Runtime's idle threads spin for a while and would take PyTorch's cores.
-    fast = fuse_conv_bn(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+    folded = fuse_conv_bn(copy.deepcopy(model)).to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, *size)
 
     def pytorch(inp):
         with torch.inference_mode():
-            return fast(inp.contiguous(memory_format=torch.channels_last))
+            return folded(inp.contiguous(memory_format=torch.channels_last))
 
     ms = {"pytorch": latency_ms(pytorch, x, args.runs)}
-    del fast
 
     exported = load_exported(path, fmt, size, args.dynamic)
     print(f"check of {path} against {meta['description']} in PyTorch (CPU, float32):")

@@ -40,6 +40,16 @@ class UnreadableImage(Exception):
     """This file is skipped and counted; the others go on."""
 
 
+def resolve_device(name):
+    """utils.init_distributed's resolution, with exit code 2 like every other bad flag (1 means files skipped)."""
+    try:
+        return utils.init_distributed(name)[0]
+    except SystemExit as e:  # CUDA asked for but absent: its message names the flag
+        raise DatasetError(str(e.code)) from None
+    except RuntimeError as e:  # torch.device("gpu"), say
+        raise DatasetError(f"--device {name}: {str(e).splitlines()[0]}") from None
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(description="Segment your own images with a trained network")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders whose files are images")
@@ -160,7 +170,7 @@ def main(args):
         raise DatasetError(f"--batch_size {args.batch_size}: must be at least 1")
     files = list_inputs(args.paths, args.out)
     size = parse_size(args.img_size) if args.img_size else checkpoint_img_size(args.weights)
-    device, _ = utils.init_distributed(args.device)
+    device = resolve_device(args.device)
     setup_backends(device)
     model, meta = load_trained(args.weights)
     for note in meta["notes"]:
