@@ -150,7 +150,8 @@ def save_outputs(name, image, mask, info, out_dir):
     """masks/NAME.png (palette PNG of class ids) and overlays/NAME.png; written atomically."""
     pal = Image.fromarray(mask)  # uint8 -> mode "L"
     pal.putpalette([v for rgb in info.palette for v in rgb])  # "L" becomes "P", as VOC's SegmentationClass PNGs
-    overlay = (image * (1 - OVERLAY_ALPHA) + colorize(mask, info.palette) * OVERLAY_ALPHA).round().astype(np.uint8)
+    colours = colorize(mask, info.palette).astype(np.float32)
+    overlay = (image.astype(np.float32) * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA).round().astype(np.uint8)
     for folder, picture in (("masks", pal), ("overlays", Image.fromarray(overlay))):
         buf = io.BytesIO()
         picture.save(buf, format="PNG")
@@ -160,7 +161,8 @@ def save_outputs(name, image, mask, info, out_dir):
 def checkpoint_img_size(path):
     """The H, W the checkpoint was trained at (its recorded args), else 256x256 (the original's size)."""
     ckpt = utils.load_checkpoint(path)
-    saved = ckpt.get("args", {}).get("img_size") if isinstance(ckpt.get("args"), dict) else None
+    args = ckpt.get("args") if isinstance(ckpt, dict) else None  # the original's state dicts record none
+    saved = args.get("img_size") if isinstance(args, dict) else None
     return parse_size(saved) if saved else (256, 256)
 
 
@@ -169,10 +171,10 @@ def main(args):
     if args.batch_size < 1:
         raise DatasetError(f"--batch_size {args.batch_size}: must be at least 1")
     files = list_inputs(args.paths, args.out)
-    size = parse_size(args.img_size) if args.img_size else checkpoint_img_size(args.weights)
     device = resolve_device(args.device)
     setup_backends(device)
     model, meta = load_trained(args.weights)
+    size = parse_size(args.img_size) if args.img_size else checkpoint_img_size(args.weights)
     for note in meta["notes"]:
         print(f"note: {note}")
     info = DATASETS[meta["dataset"]]
