@@ -54,11 +54,15 @@ PRESETS = {
     "camvid": {
         "dataset": "camvid", "root_dir": "../shared/data/camvid-240x180", "img_size": ["90", "120"],
         "teacher": ["--teacher_arch", "light", "--epochs", "120", "--batch_size", "8", "--learning_rate", "2e-3",
-                    "--optimizer", "adamw", "--weight_decay", "1e-4", "--scheduler", "poly", "--geometric"],
+                    "--optimizer", "adamw", "--weight_decay", "1e-4", "--scheduler", "poly", "--geometric",
+                    "--monitor", "miou"],
+        # Every student picks its best checkpoint by val mIoU (train.py's own default watches val loss), and the KD
+        # terms use the per-pixel scale the recipe was tuned with (the original's scale grows with the image size).
         "student": ["--epochs", "30", "--batch_size", "8", "--learning_rate", "5e-3", "--optimizer", "adamw",
-                    "--weight_decay", "1e-4", "--scheduler", "poly", "--augment", "train", "--geometric"],
-        "response": ["--alpha", "0.9", "--temperature", "1"],
-        "feature": ["--alpha", "0.9"],
+                    "--weight_decay", "1e-4", "--scheduler", "poly", "--augment", "train", "--geometric",
+                    "--monitor", "miou"],
+        "response": ["--kd_reduction", "pixel", "--alpha", "0.9", "--temperature", "1"],
+        "feature": ["--kd_reduction", "pixel", "--alpha", "0.9"],
     },
 }
 MODES = ("teacher", "regular", "response", "feature")
