@@ -14,8 +14,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fast import fuse_conv_bn, setup_backends  # noqa: F401 - TEMPORARY re-export while predict.py moves over
-
 
 # --------------------------------------------------------------------------- metrics
 class ConfusionMatrix:
