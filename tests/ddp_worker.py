@@ -1,5 +1,5 @@
 """Run by test_distributed.py under torchrun: trains (train.py, or train_kd.py when --kd_method is given), then
-each rank saves the weights it ended with, the alignment layers of feature KD included."""
+each rank saves the weights it ended with, the loss's trainable parts included (alignment convs, MGD's generator)."""
 import os
 import sys
 
