@@ -17,7 +17,8 @@ from torchvision.models.segmentation import (
 )
 
 from fast import fuse_conv_bn, use_winograd
-from model import FEATURE_CHANNELS, LOGITS8, TappedSegNet, build_model  # noqa: F401 - FEATURE_CHANNELS, TappedSegNet re-exported
+from model import LOGITS8, build_model
+from model import FEATURE_CHANNELS, TappedSegNet  # noqa: F401 - re-exported
 from utils import load_checkpoint
 
 # Construction runs one way: this package builds its networks with model.py's registry; model.py never imports it.
