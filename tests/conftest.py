@@ -5,7 +5,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores (README: pytest -n 2): one compute thread each, in-process and in every script a test
+    # starts, instead of two apiece fighting (OpenMP's spin-waiting made oversubscribed runs several times slower).
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
