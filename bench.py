@@ -14,9 +14,8 @@ inference (student forward). Both paths load one set of random weights (--check:
              torchvision fcn_resnet50 teacher (aux head too) under no_grad with hooks on layer1..3, .item() every
              step, the original's loss scale (batchmean KL, the three feature terms added)
   optimised  the repo's code: engine.train_one_epoch, channels_last, classify-then-upsample, FrozenTeacher under
-             inference_mode (feature KD stops after layer3), the losses of losses.py, the tricks of fast.py
-             (centre-tap ASPP, BN folded into the teacher, Winograd 3x3 convs on the CPU, glibc's allocator
-             told to keep freed memory), --amp, --compile. --disable TRICK[,TRICK] times it without some of
+             no_grad (feature KD stops after layer3), the losses of losses.py, the tricks of fast.py
+             (Winograd 3x3 convs in the teacher on the CPU, glibc's allocator told to keep freed memory), --amp, --compile. --disable TRICK[,TRICK] times it without some of
              fast.py's tricks (the reference path never uses them): what each one pays.
 Each (workload, path) runs in its own process (so its peak memory is its own); the device is synchronised at each
 step's clock reading. --epoch_bench times whole processes: one epoch of train_kd.py against `python original.py`.
@@ -109,7 +108,7 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
     model = torch.compile(student) if compile else student
     cl = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
     if workload == "inference":
-        fast.fuse_conv_bn(student.eval())  # as test.py does
+        student.eval()
         def infer(loader):
             model.eval()
             with torch.inference_mode(), autocast:

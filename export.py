@@ -4,12 +4,11 @@
     python export.py --weights weights/feature_best.pth --format torchscript --img_size 256 256
     python export.py --weights weights/feature_best.pth --check_only weights/feature_best.onnx --img_size 256 --dynamic
 
-Writes --out (default: the weights' path with .onnx or .pt): the network alone, in eval mode, BatchNorm folded
-into the convolutions, float32, input `image` (N, 3, H, W) normalised with dataset.MEAN/STD, output `logits`
-(N, C, H, W). The file also records the dataset, class names, palette, mean, std and size (ONNX: metadata_props
-key "segkd"; TorchScript: extra file "segkd.json"). Without --dynamic an ONNX file takes exactly 1x3xHxW and
-keeps the student's fast forward; with --dynamic, and always for TorchScript (a traced module runs at any size),
-it is the same function without branches on the input's shape (network_to_export says why).
+Writes --out (default: the weights' path with .onnx or .pt): the network alone, in eval mode, float32, input
+`image` (N, 3, H, W) normalised with dataset.MEAN/STD, output `logits` (N, C, H, W). The file also records the
+dataset, class names, palette, mean, std and size (ONNX: metadata_props key "segkd"; TorchScript: extra file
+"segkd.json"). Without --dynamic an ONNX file takes exactly 1x3xHxW; with --dynamic any size (a TorchScript
+module runs at any size whatever its trace: the network has no Python branch on the input's shape).
 
 Then the check, on the CPU (and --check_only re-runs it on an exported file): --num_inputs random inputs at
 HxW (with --dynamic also a batch of 2 at (2H+1)x(2W+3)) through the file (ONNX Runtime, or torch.jit.load) and
@@ -32,8 +31,7 @@ import torch
 
 import utils
 from dataset import DATASETS, MEAN, STD, DatasetError, parse_size
-from fast import CenterTapConv2d, fuse_conv_bn
-from model import LightSegNet, build_model, load_trained
+from model import load_trained
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -59,29 +57,10 @@ def get_args_parser():
     return p
 
 
-def plain_network(model, meta):
-    """The checkpoint's function without Python branches on the input's shape, BatchNorm folded: what a trace
-    or torch.export records for a file that takes any size. The light student's fast forward lets each dilated ASPP
-    conv decide by the feature map's size whether to run only its centre tap (CenterTapConv2d), and a trace would
-    freeze the decision taken at the example size. Built with fast=False the ASPP convs are plain (same state dict,
-    same function); classifying before upsampling is kept, since it has no branch and is the cheaper order."""
-    name = meta["model_name"]
-    if name == "light" or (name == "teacher" and meta.get("teacher_arch") == "light"):
-        net = LightSegNet(meta["num_classes"], upsample_first=False, fast=False)
-    else:
-        net = build_model(name, meta["num_classes"], teacher_arch=meta.get("teacher_arch", "fcn_resnet50"))
-    net.load_state_dict(model.state_dict())
-    assert not any(isinstance(m, CenterTapConv2d) for m in net.modules()), "a shape-dependent conv is left"
-    return fuse_conv_bn(net.eval())
-
-
-def network_to_export(model, meta, fmt, dynamic):
-    """A fixed-size ONNX file keeps the fast forward: its shape decisions, frozen at HxW, are right for the only
-    size the file accepts (ONNX Runtime refuses any other), and at 256x256 they save 15% of the FLOPs (3.91 instead
-    of 4.58 GFLOP). A TorchScript module runs at any size whatever its trace, so it gets the plain network."""
-    if fmt == "onnx" and not dynamic:
-        return fuse_conv_bn(copy.deepcopy(model))
-    return plain_network(model, meta)
+def network_to_export(model):
+    """The checkpoint's network alone, in eval mode: its forward has no Python branch on the input's shape, so a
+    trace or torch.export recorded at HxW computes the same function at any size."""
+    return copy.deepcopy(model).eval()
 
 
 def describe(meta, size):
@@ -218,7 +197,7 @@ def main(args):
         print(f"note: {note}")
     if not args.check_only:
         t = time.perf_counter()
-        net = network_to_export(model, meta, fmt, args.dynamic)
+        net = network_to_export(model)
         if fmt == "onnx":
             export_onnx(net, size, args.dynamic, path, meta)
         else:
@@ -227,9 +206,9 @@ def main(args):
         print(f"exported {meta['description']} to {path} ({fmt}, input {takes}, {os.path.getsize(path) / 2**20:.1f} "
               f"MiB) in {time.perf_counter() - t:.1f} s")
 
-    # PyTorch as predict.py runs it: the checkpoint's (fast) forward, BatchNorm folded, channels_last. Timed before
-    # the exported file is loaded: ONNX Runtime's idle threads spin for a while and would take PyTorch's cores.
-    folded = fuse_conv_bn(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+    # PyTorch as predict.py runs it: channels_last. Timed before the exported file is loaded: ONNX Runtime's idle
+    # threads spin for a while and would take PyTorch's cores.
+    folded = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, *size)
 
     def pytorch(inp):

@@ -4,12 +4,15 @@ least 10% of its workload's step on the development machine (README, "Speed"). `
 times a workload without one of them.
 
   NAME          what                                                        where it is applied
-  centre_taps   CenterTapConv2d: a dilated 3x3 conv whose off-centre taps   the student's ASPP (model.py)
-                can only read zero padding runs as the 1x1 centre tap
-  fold_bn       fuse_conv_bn: eval-mode BatchNorm folded into the conv      the frozen teacher (teacher/), test.py
   winograd      Winograd F(4x4, 3x3) for wide frozen 3x3 convs on the CPU   the frozen teacher (teacher/)
   cpu_allocator glibc keeps freed memory instead of unmapping it per tensor engine.py at start-up (CPU)
 
+Measured on the development machine (2 cores, AMD EPYC without AVX-512, 256x256, batch 8), the step without the
+trick against with it: winograd 4.85 vs 3.95-4.14 s per response-KD step (15-19% of it); cpu_allocator 4.91 vs
+3.95-4.14 s per response step, 1.48 vs 1.35-1.41 s per scratch step. Two earlier tricks were measured the same way
+and removed for paying less than 10%: the student's centre-tap ASPP convs (scratch 1.39 s without vs 1.35-1.41 s
+with; inference faster without) and BatchNorm folding (response 4.14 vs 3.95-4.14 s, feature and inference no
+faster with it).
 Device settings that are torch's own switches (cudnn.benchmark, channels_last, autocast) are set by engine.py.
 """
 import os
@@ -18,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TRICKS = ("centre_taps", "fold_bn", "winograd", "cpu_allocator")
+TRICKS = ("winograd", "cpu_allocator")
 # bench.py's --disable: a comma list in this variable switches tricks off in the process that reads it
 DISABLED = {t for t in os.environ.get("SEGKD_DISABLE", "").split(",") if t}
 if DISABLED - set(TRICKS):
@@ -28,62 +31,6 @@ if DISABLED - set(TRICKS):
 
 def enabled(name):
     return name not in DISABLED
-
-
-# --------------------------------------------------------------------------- centre_taps
-class CenterTapConv2d(nn.Conv2d):
-    """A dilated 3x3 convolution that skips its off-centre taps when they can only read the zero padding.
-
-    With dilation >= the feature map's height and width, every off-centre tap of every output pixel falls outside
-    the map, so the convolution is exactly the 1x1 convolution with the centre weights (and the off-centre weights
-    get exactly zero gradient either way). The student's ASPP runs rates 12 and 18 on an 8x8 map at 256x256 input:
-    this skips 8/9 of their work, forward and backward. Same parameters, same state dict."""
-
-    def forward(self, x):
-        if x.shape[-2] <= self.dilation[0] and x.shape[-1] <= self.dilation[1]:
-            return F.conv2d(x, self.weight[:, :, 1:2, 1:2], self.bias)
-        return super().forward(x)
-
-
-def skip_padding_taps(module):
-    """Make every dilated 3x3 'same' convolution of `module` a CenterTapConv2d (in place, no new parameters)."""
-    if not enabled("centre_taps"):
-        return module
-    for m in module.modules():
-        if (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == m.dilation
-                and m.padding_mode == "zeros" and m.dilation != (1, 1)):
-            m.__class__ = CenterTapConv2d  # the class only: parameters, RNG use and state dict stay as they were
-    return module
-
-
-
-# --------------------------------------------------------------------------- fold_bn
-def fuse_conv_bn(model):
-    """Fold every eval-mode BatchNorm into the convolution before it (in place; returns the model).
-
-    BatchNorm with frozen statistics is an affine map per channel, so conv->BN equals one conv with rescaled
-    weights and a new bias: the same function up to float rounding, one pass over each activation fewer. Only for
-    networks that will not train again: the frozen teacher and test.py's model. Covers conv/BN pairs that follow
-    each other in a Sequential (torchvision's MobileNetV2, ASPP, heads) and ResNet blocks' convK/bnK attributes.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    assert not model.training, "fuse_conv_bn needs a model in eval mode"
-    if not enabled("fold_bn"):
-        return model
-    for m in list(model.modules()):
-        names = list(m._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = m._modules[a], m._modules[b]
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
-                m._modules[a], m._modules[b] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
-        for i in (1, 2, 3):  # torchvision's Bottleneck/BasicBlock: conv1/bn1 ... as attributes
-            conv, bn = getattr(m, f"conv{i}", None), getattr(m, f"bn{i}", None)
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
-                setattr(m, f"conv{i}", fuse_conv_bn_eval(conv, bn))
-                setattr(m, f"bn{i}", torch.nn.Identity())
-    return model
-
 
 
 # --------------------------------------------------------------------------- winograd

@@ -18,8 +18,6 @@ from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101
 from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from fast import skip_padding_taps
-
 # torchvision's ResNet segmentation networks: the teacher's architectures (teacher/ knows their VOC weights) and the
 # original's second student ("best"). name: (builder, ImageNet backbone weights)
 RESNET_SEGNETS = {
@@ -74,8 +72,7 @@ class LightSegNet(nn.Module):
     stride-8 features, a 1x1 classifier.
 
     Module for module the original's LightweightResNet (the only dropouts: the decoder's 0.5 and 0.1); its
-    checkpoints load through `load_original_state_dict`. fast=False runs the architecture as defined (the original's
-    order and every ASPP tap): what `python model.py` counts as the architecture's FLOPs.
+    checkpoints load through `load_original_state_dict`.
 
     upsample_first=True keeps the original's order (upsample the 256-channel decoder output to input size, then
     classify). The default classifies at stride 8 and upsamples the C-channel logits: a 1x1 conv and bilinear
@@ -85,7 +82,7 @@ class LightSegNet(nn.Module):
 
     feature_channels = (24, 32, 1280)  # stride 4, stride 8, end of trunk (stride 32)
 
-    def __init__(self, num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True):
+    def __init__(self, num_classes=21, pretrained_backbone=False, upsample_first=False):
         super().__init__()
         trunk = mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1 if pretrained_backbone else None).features
         self.stage1 = trunk[:4]   # -> 24 ch, stride 4
@@ -95,7 +92,7 @@ class LightSegNet(nn.Module):
         # The original's ASPP (atrous_block1/6/12/18, global_pooling, conv1) ends in conv-BN-ReLU: torchvision's
         # projection adds a Dropout(0.5) that the original does not have. Same parameters, same state dict keys.
         aspp.project = aspp.project[:3]
-        self.aspp = skip_padding_taps(aspp) if fast else aspp
+        self.aspp = aspp
         self.decoder = nn.Sequential(
             nn.Conv2d(256 + 32, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
             nn.Dropout(0.5),
@@ -127,7 +124,8 @@ class LightSegNet(nn.Module):
 
 
 def light(num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True, **kw):
-    return LightSegNet(num_classes, pretrained_backbone, upsample_first=upsample_first or not fast, fast=fast)
+    """fast=False: the original's order of operations (upsample, then classify), the same function."""
+    return LightSegNet(num_classes, pretrained_backbone, upsample_first=upsample_first or not fast)
 
 
 def best(num_classes=21, pretrained_backbone=False, **kw):
@@ -317,8 +315,8 @@ def main(args):
         flops = count_flops(build_model("light", args.num_classes, fast=False), size)
         fast = count_flops(model, size)
         print(f"FLOPs at {at}: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC), the architecture as defined")
-        print(f"  this repo's forward computes the same function in {fast / 1e9:.2f} GFLOP (classifies before "
-              "upsampling; skips ASPP taps that read only padding)")
+        print(f"  this repo's forward computes the same function in {fast / 1e9:.2f} GFLOP (it classifies before "
+              "upsampling)")
     else:
         flops = count_flops(model, size)
         print(f"FLOPs at {at}: {flops / 1e9:.2f} GFLOP ({flops / 2e9:.2f} GMAC)")

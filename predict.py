@@ -29,7 +29,7 @@ from tqdm import tqdm
 import utils
 from dataset import DATASETS, MEAN, STD, DatasetError, colorize, parse_size
 from engine import make_autocast
-from fast import fuse_conv_bn, setup_backends
+from fast import setup_backends
 from model import load_trained
 
 OVERLAY_ALPHA = 0.5  # weight of the coloured mask in the overlay
@@ -181,7 +181,7 @@ def main(args):
     if meta["num_classes"] != info.num_classes:
         raise utils.CheckpointError(f"{args.weights}: {meta['num_classes']} classes, but its dataset "
                                     f"{info.name} has {info.num_classes}: the class names would not match")
-    model = fuse_conv_bn(model).to(device).to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     autocast, _ = make_autocast(device, args.amp)
     print(f"{meta['description']}: {info.name} classes, {len(files)} files, network at {size[0]}x{size[1]}, "
           f"device {device}")

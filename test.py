@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 import utils
 from dataset import DATASETS, add_data_args, build_dataset, parse_size
 from engine import evaluate, make_autocast, run_cli, save_predictions
-from fast import fuse_conv_bn, setup_backends
+from fast import setup_backends
 from model import TEACHER_ARCHS, load_trained
 from teacher import TeacherError, load_teacher
 
@@ -82,7 +82,7 @@ def main(args):
     val_set = build_dataset(args.dataset, args.root_dir, "val", size, train=False, train_split=args.train_split,
                             download=args.download)
     model, description = load_network(args, info, device)
-    model = fuse_conv_bn(model.eval()).to(device)  # BatchNorm folded into the convs: same logits, faster
+    model = model.eval().to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     setup_backends(device)

@@ -197,9 +197,7 @@ def test_export_onnx_round_trip_and_a_tampered_file_fails(checkpoint, tmp_path):
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_export_torchscript_dynamic_round_trip_and_a_tampered_file_fails(checkpoint, tmp_path):
     path = str(tmp_path / "student.pt")
-    # 96 px: the second size checked, 193x195, gives a 7x7 ASPP map, where the fast forward runs the rate-6 conv in
-    # full and rates 12 and 18 by their centre tap; a trace of it at 96 px (a 3x3 map) would have frozen the
-    # centre tap for all three.
+    # 96 px, and a second size, 193x195: a trace at one size must compute the same function at another.
     proc = run_cli([os.path.join(ROOT, "export.py"), "--weights", checkpoint, "--format", "torchscript",
                     "--img_size", "96", "--dynamic", "--out", path, "--num_inputs", "1", "--runs", "2"], tmp_path)
     assert "parity: OK" in proc.stdout and "2x3x193x195" in proc.stdout and "TorchScript" in proc.stdout
