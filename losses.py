@@ -96,6 +96,12 @@ class ResponseKDLoss(Loss):
         return {"loss": self.alpha * kd + (1 - self.alpha) * ce, "ce": ce.detach(), "kd": kd.detach()}
 
 
+def _to_grid(x, size):
+    """Bilinear resize to `size` (H, W) when the grids differ (odd input sizes can round the two strides apart)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
+                                                                        align_corners=False)
+
+
 class Align(nn.Module):
     """1x1 convs that map each student feature map to the width of its teacher feature map."""
 
@@ -150,8 +156,7 @@ class FeatureKDLoss(Loss):
     def feature_term(self, student_feats, teacher_feats):
         # Project, then resize: a 1x1 conv commutes with bilinear interpolation, and projecting the stride-32 map
         # before enlarging it to stride 8 costs 16x fewer multiply-adds for the same result.
-        aligned = [F.interpolate(a, size=t.shape[-2:], mode="bilinear", align_corners=False)
-                   if a.shape[-2:] != t.shape[-2:] else a for a, t in zip(self._align(student_feats), teacher_feats)]
+        aligned = [_to_grid(a, t.shape[-2:]) for a, t in zip(self._align(student_feats), teacher_feats)]
         terms = torch.stack([(1 - F.cosine_similarity(a.float(), t.float(), dim=1)).mean()
                              for a, t in zip(aligned, teacher_feats)])
         return terms.sum() if self.reduction == "original" else terms.mean()
@@ -166,26 +171,15 @@ class FeatureKDLoss(Loss):
 
 
 # --------------------------------------------------------------------------- the methods the field uses
-def _to_grid(x, size):
-    """Bilinear resize to `size` (H, W) when the grids differ (odd input sizes can round the two strides apart)."""
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
-                                                                        align_corners=False)
-
-
-class Term(nn.Module):
-    """One distillation method inside DistillationLoss (see the module docstring): part, needs, weight, term()."""
+class Term(Loss):
+    """One distillation method inside DistillationLoss (see the module docstring): part, needs, weight, term();
+    trainable() and wrap_trainable() as for a whole loss."""
 
     part, needs = "", "logits8"
 
     def __init__(self, weight):
         super().__init__()
         self.weight = weight
-
-    def trainable(self):
-        return None
-
-    def wrap_trainable(self, wrap):  # noqa: ARG002 - nothing to wrap by default
-        return None
 
 
 class ChannelWiseKD(Term):
