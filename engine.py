@@ -196,7 +196,7 @@ def build_loaders(args, device):
     common = dict(root=args.root_dir, img_size=size, train_split=args.train_split)
     train_set = build_dataset(args.dataset, split="train", train=True, augment=args.augment,
                               geometric=args.geometric, download=args.download, **common)
-    val_set = build_dataset(args.dataset, split="val", train=False, **common)
+    val_set = build_dataset(args.dataset, split="val", train=False, val_split=args.val_split, **common)
     world, rank = utils.get_world_size(), utils.get_rank()
     sampler = EpochSeededSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     per_rank = len(sampler)

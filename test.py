@@ -80,7 +80,7 @@ def main(args):
     info = DATASETS[args.dataset]
     size = parse_size(args.img_size)
     val_set = build_dataset(args.dataset, args.root_dir, "val", size, train=False, train_split=args.train_split,
-                            download=args.download)
+                            download=args.download, val_split=args.val_split)
     model, description = load_network(args, info, device)
     model = model.eval().to(device)
     if args.channels_last:
@@ -109,7 +109,7 @@ def main(args):
     row = {"training_mode": args.training_mode, "mIoU_with_ignore": f"{res['miou']:.4f}",
            "mIoU_without_ignore": f"{res['miou_clamped']:.4f}", "avg_inference_time_ms": f"{ms:.3f}",
            "pixel_accuracy": f"{res['pixel_acc']:.4f}", "model": description, "dataset": info.name,
-           "img_size": f"{size[0]}x{size[1]}", "device": str(device),
+           "split": args.val_split, "img_size": f"{size[0]}x{size[1]}", "device": str(device),
            "date": datetime.datetime.now().isoformat(timespec="seconds")}
     utils.append_csv_row(args.results_csv, row, first_columns=CSV_COLUMNS)
     print(f"row appended to {args.results_csv}")

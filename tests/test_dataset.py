@@ -163,3 +163,29 @@ def test_camvid_layout_resolved_by_file_name(tmp_path):
         values |= set(mask.unique().tolist())
     assert 11 not in values and 255 in values  # Unlabelled mapped to the ignore index
     assert len(build_dataset("camvid", str(root), "val", (12, 16), train=False)) == 2
+
+
+def test_camvid_development_split_holds_out_one_sequence(tmp_path):
+    root = tmp_path / "camvid"
+    rng = np.random.default_rng(0)
+    frames = {"train": ["0001TP_006690.png", "0001TP_006720.png", "0006R0_f00930.png", "0016E5_00390.png",
+                        "0016E5_00420.png"], "val": ["0016E5_07959.png"]}
+    for split, names in frames.items():
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for name in names:
+            Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).save(root / split / name)
+            Image.fromarray(rng.integers(0, 12, (6, 8), dtype=np.uint8)).save(root / f"{split}annot" / name)
+
+    def names(ds):
+        return sorted(os.path.basename(img) for img, _ in ds.files)
+
+    dev = build_dataset("camvid", str(root), "val", (6, 8), train=False, val_split="dev")
+    rest = build_dataset("camvid", str(root), "train", (6, 8), train=True, train_split="train_no_dev")
+    assert names(dev) == ["0001TP_006690.png", "0001TP_006720.png"]
+    assert names(rest) == ["0006R0_f00930.png", "0016E5_00390.png", "0016E5_00420.png"]
+    assert names(build_dataset("camvid", str(root), "val", (6, 8), train=False)) == ["0016E5_07959.png"]
+    for name in ("0001TP_006690.png", "0001TP_006720.png"):  # a train folder without the held-out sequence
+        os.remove(root / "train" / name)
+    with pytest.raises(DatasetError, match="0001TP"):
+        build_dataset("camvid", str(root), "val", (6, 8), train=False, val_split="dev")
