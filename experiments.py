@@ -82,6 +82,18 @@ def get_args_parser():
     p.add_argument("--teacher_epochs", type=int, default=None, help="override the preset's teacher budget")
     p.add_argument("--student_epochs", type=int, default=None, help="override the preset's student budget")
     p.add_argument("--extra", default="", help="flags appended to every training step, e.g. '--amp'")
+    g = p.add_argument_group("the seeded table (issue: results a researcher can trust)")
+    g.add_argument("--seeds", default=None,
+                   help="comma list of student seeds, e.g. 0,1,2: the teacher once, then scratch and every --methods "
+                        "entry per seed; one row per method with mean, min and max over the seeds of each run's "
+                        "LAST epoch (a fixed budget, no epoch picked on the reported split). Default: the four-row "
+                        "table of --seed")
+    g.add_argument("--methods", default=None,
+                   help="KD methods of the seeded table, comma list, '+' joins methods into one run "
+                        "(e.g. response,feature,cwd,response+cwd); default: the preset's")
+    g.add_argument("--split", default="val", choices=("val", "dev"),
+                   help="dev: train on train_no_dev and report the development split (CamVid's held-out sequence "
+                        "0001TP), for choosing hyper-parameters; val: train on all of train, report val (the table)")
     return p
 
 
@@ -139,6 +151,8 @@ def main(args):
         prepare_synthetic(root, preset["synthetic"], args.seed, steps, own=args.root_dir is None)
     root = os.path.abspath(root)
     data = ["--dataset", preset["dataset"], "--root_dir", root, "--img_size", *(args.img_size or preset["img_size"])]
+    if args.seeds is not None or args.split != "val":
+        return run_seeded(args, preset, root, data)
     common = [*data, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
               "--seed", str(args.seed), "--patience", "0", "--resume", "auto", "--no_progress",
               *args.extra.split()]
@@ -208,6 +222,131 @@ def write_table(out, weights, steps, args):
             f"{names[m]} {100 * (miou[m] - miou['regular']):+.1f} points" for m in MODES if m in miou and m != "regular"))
     if PRESETS[args.preset].get("note"):
         print("\n" + PRESETS[args.preset]["note"])
+
+
+# ---- the seeded table: every method, several seeds, mean and spread, fixed budget ------------------------
+SPLITS = {"val": [], "dev": ["--train_split", "train_no_dev", "--val_split", "dev"]}
+
+
+def method_flags(preset, method):
+    """The preset's flags for a method; a combination 'a+b' gets each part's flags."""
+    flags = []
+    for part in method.split("+"):
+        flags += preset.get("method_flags", {}).get(part, preset.get(part, []))
+    return flags
+
+
+def final_miou(log_path):
+    """(last epoch's val mIoU, epochs, val mIoU per epoch, training seconds) from RUN_log.jsonl."""
+    hist = [json.loads(x) for x in open(log_path)]
+    return hist[-1]["val_miou"], [h["epoch"] for h in hist], [h["val_miou"] for h in hist], \
+        sum(h["epoch_time_s"] for h in hist)
+
+
+def summarize(rows_by_method, teacher_miou):
+    """rows_by_method: {method: [final mIoU per seed]} with 'scratch' among them -> table rows (dicts)."""
+    scratch = sum(rows_by_method["scratch"]) / len(rows_by_method["scratch"])
+    table = []
+    if teacher_miou is not None:
+        table.append({"method": "teacher", "seeds": 1, "mean_miou": teacher_miou, "min_miou": teacher_miou,
+                      "max_miou": teacher_miou, "gain": teacher_miou - scratch, "gap_closed": ""})
+    for method, values in rows_by_method.items():
+        mean = sum(values) / len(values)
+        gap = teacher_miou - scratch if teacher_miou is not None else None
+        table.append({"method": method, "seeds": len(values), "mean_miou": mean, "min_miou": min(values),
+                      "max_miou": max(values), "gain": mean - scratch,
+                      "gap_closed": (mean - scratch) / gap if gap and gap > 0 else ""})
+    return table
+
+
+def run_seeded(args, preset, root, data):
+    seeds = [int(x) for x in (args.seeds or str(args.seed)).split(",")]
+    methods = (args.methods or ",".join(preset.get("methods", ("response", "feature")))).split(",")
+    out = os.path.abspath(args.out_dir or os.path.join("runs", args.preset + ("_dev" if args.split == "dev" else "")))
+    weights = os.path.join(out, "weights")
+    os.makedirs(weights, exist_ok=True)
+    split = SPLITS[args.split]
+    base = [*data, *split, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
+            "--patience", "0", "--resume", "auto", "--no_progress", *args.extra.split()]
+    teacher_arch = preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
+    epochs = lambda n: ["--epochs", str(n)] if n else []  # noqa: E731
+    student = [*preset["student"], "--teacher_arch", teacher_arch, *epochs(args.student_epochs)]
+    teacher_last = os.path.join(weights, "teacher_last.pth")
+
+    def step(run, argv):
+        log = os.path.join(weights, f"{run}_log.jsonl")
+        run_step(run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
+        return final_miou(log)
+
+    t_miou, _, _, t_sec = step("teacher", ["train.py", "--model_name", "teacher", *base, "--seed", str(args.seed),
+                                           *preset["teacher"], *epochs(args.teacher_epochs)])
+    finals, curves, seconds = {}, {}, {"teacher": [t_sec]}
+
+    def record(method, seed, result):
+        miou, ep, mious, sec = result
+        finals.setdefault(method, []).append(miou)
+        curves.setdefault(method, []).append((ep, mious))
+        seconds.setdefault(method, []).append(sec)
+        print(f"{method} seed {seed}: last-epoch val mIoU {miou:.4f}", flush=True)
+
+    for seed in seeds:
+        record("scratch", seed, step(f"scratch_s{seed}", ["train.py", "--model_name", "light", *base,
+                                                          "--seed", str(seed), *student]))
+    scratch = sum(finals["scratch"]) / len(finals["scratch"])
+    verdict = (f"guard: teacher {t_miou:.4f} vs scratch student {scratch:.4f} (mean of {len(seeds)} seeds) on "
+               f"{args.split}: " + ("the teacher leads by {:.1f} points".format(100 * (t_miou - scratch))
+                                    if t_miou > scratch else
+                                    "THE TEACHER IS NOT BETTER THAN THE STUDENT FROM SCRATCH; distillation from it "
+                                    "is not a result (train a stronger teacher first)"))
+    print("\n" + verdict + "\n", flush=True)
+    for method in methods:
+        for seed in seeds:
+            record(method, seed, step(f"{method}_s{seed}", [
+                "train_kd.py", "--kd_method", method.replace("+", ","), "--model_name", "light", *base,
+                "--seed", str(seed), *student, *method_flags(preset, method), "--teacher_weights", teacher_last]))
+
+    # ms/image: the student's and the teacher's inference on the reported split (test.py, one run each)
+    timing_csv = os.path.join(out, "timing.csv")
+    if os.path.exists(timing_csv):
+        os.remove(timing_csv)
+    for mode, path in (("teacher", teacher_last), ("regular", os.path.join(weights, f"scratch_s{seeds[0]}_last.pth"))):
+        run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, *split[2:], "--weights", path,
+                                  "--teacher_arch", teacher_arch, "--device", args.device, "--num_workers",
+                                  str(args.num_workers), "--results_csv", timing_csv, "--num_vis", "0",
+                                  "--no_progress"], os.path.join(out, f"test_{mode}.out"))
+    with open(timing_csv) as f:
+        ms = {r["training_mode"]: float(r["avg_inference_time_ms"]) for r in csv.DictReader(f)}
+    table = summarize(finals, t_miou)
+    for row in table:
+        row["train_min"] = round(sum(seconds[row["method"]]) / len(seconds[row["method"]]) / 60, 2)
+        row["ms_per_image"] = ms["teacher" if row["method"] == "teacher" else "regular"]
+    write_seeded(out, table, curves, verdict, args, len(seeds))
+
+
+def write_seeded(out, table, curves, verdict, args, n_seeds):
+    columns = ["method", "seeds", "mean_miou", "min_miou", "max_miou", "gain", "gap_closed", "train_min",
+               "ms_per_image"]
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731 - mIoU as fractions
+    lines = [",".join(columns)] + [",".join(fmt(r[c]) for c in columns) for r in table]
+    utils.atomic_write_text(os.path.join(out, "results_seeds.csv"), "\n".join(lines) + "\n")
+    md = ["| method | seeds | mean mIoU | min-max | gain over scratch | gap closed | train time / student | "
+          "ms/image |", "|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        gap = f"{100 * r['gap_closed']:.0f}%" if isinstance(r["gap_closed"], float) else "-"
+        md.append(f"| {r['method']} | {r['seeds']} | {r['mean_miou']:.4f} | {r['min_miou']:.4f}-{r['max_miou']:.4f} "
+                  f"| {100 * r['gain']:+.1f} | {gap} | {r['train_min']:.1f} min | {r['ms_per_image']:.2f} |")
+    text = ("\n".join(md) + f"\n\nSplit `{args.split}`; every number is a run's last epoch (fixed budget); "
+            f"min-max over {n_seeds} seed(s); gap closed = (KD - scratch) / (teacher - scratch).\n{verdict}\n")
+    utils.atomic_write_text(os.path.join(out, "results_seeds.md"), text)
+    bands = {}
+    for method, runs in curves.items():
+        n = min(len(e) for e, _ in runs)
+        per_epoch = list(zip(*[m[:n] for _, m in runs]))
+        bands[method] = (runs[0][0][:n], [sum(v) / len(v) for v in per_epoch], [min(v) for v in per_epoch],
+                         [max(v) for v in per_epoch])
+    utils.plot_miou_curves(bands, os.path.join(out, "curves_seeds.png"),
+                           title=f"{args.preset} ({args.split}): mean over seeds, band min-max")
+    print("\n" + text + f"written: {out}/results_seeds.csv, results_seeds.md, curves_seeds.png")
 
 
 if __name__ == "__main__":

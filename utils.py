@@ -305,11 +305,14 @@ def plot_curves(history, path, title=""):
 
 
 def plot_miou_curves(curves, path, title="validation mIoU"):
-    """curves: {label: (epochs, mious)} on one axis."""
+    """curves: {label: (epochs, mious)} on one axis, or {label: (epochs, mean, low, high)}: the mean as a line
+    and the low-high band (e.g. the min and max over seeds) shaded."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, (epochs, mious) in curves.items():
-        ax.plot(epochs, mious, label=label)
+    for label, (epochs, mious, *band) in curves.items():
+        line, = ax.plot(epochs, mious, label=label)
+        if band:
+            ax.fill_between(epochs, band[0], band[1], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("epoch"), ax.set_ylabel("val mIoU"), ax.set_title(title), ax.grid(alpha=0.3), ax.legend()
     atomic_write_bytes(path, _figure_bytes(fig))
 
