@@ -438,13 +438,15 @@ def _synthetic_sample(h, w, rng, classes=None, radius=(0.15, 0.3), max_objects=3
 
 
 def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0, classes=None,
-                       radius=(0.15, 0.3), max_objects=3):
+                       radius=(0.15, 0.3), max_objects=3, num_extra=0):
     """Write a VOC-layout set of textured shapes to out_dir/VOCdevkit/VOC2012; returns out_dir,
     the value to pass as --root_dir. The same seed gives the same files.
 
     classes: the class ids (1..20) that appear, default all 20 (the others stay in the 21-class
     label space, just never drawn); radius: an object's size as a fraction of the shorter side, drawn
-    uniformly from this range; max_objects: 1 to this many objects per image."""
+    uniformly from this range; max_objects: 1 to this many objects per image. num_extra > 0: that many more
+    training images, listed with train's in ImageSets/Segmentation/train_large.txt (--train_split train_large),
+    a larger set for a teacher, as torchvision's VOC teacher was trained on COCO, far more than VOC's train."""
     h, w = parse_size(size)
     if classes is not None and not (len(classes) and all(1 <= int(c) <= 20 for c in classes)):
         raise ValueError(f"classes must be ids in 1..20, got {classes}")
@@ -456,7 +458,8 @@ def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0
     rng = np.random.default_rng(seed)
     splits = {"train": [f"synth_{i:05d}" for i in range(num_train)],
               "val": [f"synth_{i:05d}" for i in range(num_train, num_train + num_val)]}
-    for ids in splits.values():
+    extra = [f"synth_{i:05d}" for i in range(num_train + num_val, num_train + num_val + num_extra)]
+    for ids in (*splits.values(), extra):  # extras drawn last: train and val equal those of num_extra=0
         for i in ids:
             image, label = _synthetic_sample(h, w, rng, classes, radius, max_objects)
             Image.fromarray(image).save(os.path.join(base, "JPEGImages", f"{i}.jpg"), quality=90)
@@ -464,12 +467,14 @@ def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0
             mask.putpalette(palette)  # "L" becomes "P": a palette PNG like VOC's
             mask.save(os.path.join(base, "SegmentationClass", f"{i}.png"))
     splits["trainval"] = splits["train"] + splits["val"]
+    if num_extra:
+        splits["train_large"] = splits["train"] + extra
     for name, ids in splits.items():
         with open(os.path.join(lists, f"{name}.txt"), "w") as f:
             f.write("".join(f"{i}\n" for i in ids))
     # What made these files, so that a caller can tell a set made with other settings from its own.
     with open(os.path.join(os.path.abspath(out_dir), SYNTHETIC_RECIPE), "w") as f:
-        json.dump(synthetic_recipe(num_train, num_val, size, seed, classes, radius, max_objects), f)
+        json.dump(synthetic_recipe(num_train, num_val, size, seed, classes, radius, max_objects, num_extra), f)
     return os.path.abspath(out_dir)
 
 
@@ -477,11 +482,11 @@ SYNTHETIC_RECIPE = "synthetic.json"
 
 
 def synthetic_recipe(num_train=64, num_val=16, size=(96, 128), seed=0, classes=None, radius=(0.15, 0.3),
-                     max_objects=3):
+                     max_objects=3, num_extra=0):
     """make_synthetic_voc's arguments as plain JSON types (what it writes to ROOT/synthetic.json)."""
     return {"num_train": int(num_train), "num_val": int(num_val), "size": list(parse_size(size)),
             "seed": int(seed), "classes": None if classes is None else [int(c) for c in classes],
-            "radius": [float(r) for r in radius], "max_objects": int(max_objects)}
+            "radius": [float(r) for r in radius], "max_objects": int(max_objects), "num_extra": int(num_extra)}
 
 
 # ---- pictures ---------------------------------------------------------------------------------
@@ -517,6 +522,8 @@ def get_args_parser():
     parser.add_argument("--radius", type=float, nargs=2, default=(0.15, 0.3),
                         help="synthetic: object size range, as a fraction of the shorter side")
     parser.add_argument("--max_objects", type=int, default=3, help="synthetic: 1 to this many objects per image")
+    parser.add_argument("--num_extra", type=int, default=0,
+                        help="synthetic: this many more training images, listed with train's in train_large.txt")
     parser.add_argument("--check", action="store_true",
                         help="load both splits of --dataset, print their sizes and a class histogram")
     return parser
@@ -542,7 +549,8 @@ def main(args):
         if args.make_synthetic:
             root = make_synthetic_voc(args.make_synthetic, args.num_train, args.num_val,
                                       (args.height, args.width), args.seed, classes=args.classes,
-                                      radius=tuple(args.radius), max_objects=args.max_objects)
+                                      radius=tuple(args.radius), max_objects=args.max_objects,
+                                      num_extra=args.num_extra)
             print(f"wrote {args.num_train} train + {args.num_val} val synthetic images; "
                   f"use --dataset voc --root_dir {root}")
         if args.download and not args.check:

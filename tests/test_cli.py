@@ -210,11 +210,18 @@ def test_ctrl_c_saves_weights_and_keeps_last_checkpoint(synthetic_root, tmp_path
     assert not last["finished"] and last["epoch"] >= 0
 
 
-def test_experiments_recipe_runs_and_skips_finished_steps(synthetic_root, torch_home, tmp_path):
-    args = [script("experiments.py"), "--preset", "demo", "--root_dir", synthetic_root, "--out_dir",
+def test_experiments_recipe_runs_and_skips_finished_steps(torch_home, tmp_path):
+    # a small set of the demo's kind: the students' train split and the teacher's larger train_large
+    from dataset import make_synthetic_voc
+
+    root = make_synthetic_voc(str(tmp_path / "data"), num_train=8, num_val=4, size=(40, 48), num_extra=8)
+    args = [script("experiments.py"), "--preset", "demo", "--root_dir", root, "--out_dir",
             str(tmp_path / "out"), "--teacher_epochs", "1", "--student_epochs", "1", "--num_workers", "0",
             "--device", "cpu", "--img_size", "32", "--extra", "--batch_size 4"]
     first = run_cli(args, tmp_path, torch_home, timeout=600)
+    teacher_log = (tmp_path / "out" / "teacher.out").read_text()
+    assert "16 images from split 'train_large'" in teacher_log  # the teacher's set: the students' 8 + 8 more
+    assert "8 images from split 'train'" in (tmp_path / "out" / "regular.out").read_text()
     table = (tmp_path / "out" / "results.md").read_text()
     for name in ("teacher", "student from scratch", "student, response KD", "student, feature KD"):
         assert f"| {name} |" in table

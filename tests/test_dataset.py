@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import CAMVID, MEAN, STD, VOC, DatasetError, SegmentationDataset, build_dataset
+from dataset import CAMVID, MEAN, STD, VOC, DatasetError, SegmentationDataset, build_dataset, make_synthetic_voc
 
 SIZE = (48, 64)
 
@@ -189,3 +189,23 @@ def test_camvid_development_split_holds_out_one_sequence(tmp_path):
         os.remove(root / "train" / name)
     with pytest.raises(DatasetError, match="0001TP"):
         build_dataset("camvid", str(root), "val", (6, 8), train=False, val_split="dev")
+
+
+def test_synthetic_extra_images_form_a_larger_teacher_split(tmp_path):
+    plain = make_synthetic_voc(str(tmp_path / "plain"), num_train=4, num_val=2, size=(16, 16), seed=3)
+    large = make_synthetic_voc(str(tmp_path / "large"), num_train=4, num_val=2, size=(16, 16), seed=3, num_extra=5)
+    lists = lambda root: os.path.join(root, "VOCdevkit", "VOC2012", "ImageSets", "Segmentation")  # noqa: E731
+    for name in ("train", "val"):  # the extras leave the students' train and val exactly as without them
+        ids = open(os.path.join(lists(plain), f"{name}.txt")).read().split()
+        assert ids == open(os.path.join(lists(large), f"{name}.txt")).read().split()
+        for i in ids:
+            for sub, ext in (("JPEGImages", "jpg"), ("SegmentationClass", "png")):
+                a, b = (os.path.join(r, "VOCdevkit", "VOC2012", sub, f"{i}.{ext}") for r in (plain, large))
+                assert open(a, "rb").read() == open(b, "rb").read()
+    assert not os.path.exists(os.path.join(lists(plain), "train_large.txt"))
+    train = open(os.path.join(lists(large), "train.txt")).read().split()
+    val = open(os.path.join(lists(large), "val.txt")).read().split()
+    big = open(os.path.join(lists(large), "train_large.txt")).read().split()
+    assert big[:4] == train and len(big) == 9 and not set(big) & set(val)
+    assert len(build_dataset("voc", large, "train", (16, 16), train=True, train_split="train_large")) == 9
+    assert len(build_dataset("voc", large, "train", (16, 16), train=True)) == 4
