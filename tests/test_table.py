@@ -63,4 +63,6 @@ def test_seeded_table_on_the_development_split(tmp_path, torch_home):
         assert abs(float(rows["response+cwd"]["gap_closed"]) - gain / gap) < 1e-3
     else:  # no gap to close: the guard says so, and the column stays empty
         assert rows["response+cwd"]["gap_closed"] == "" and "NOT BETTER" in proc.stdout
-    assert (out / "curves_seeds.png").stat().st_size > 0 and (out / "results_seeds.md").is_file()
+    assert (out / "curves_seeds.png").stat().st_size > 0
+    md = (out / "results_seeds.md").read_text()
+    assert "Split `dev`" in md and "- student lr 5e-3: val" in md  # the preset's record of what chose each value
