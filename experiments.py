@@ -236,14 +236,14 @@ def write_table(out, weights, steps, args):
 
 
 # ---- the seeded table: every method, several seeds, mean and spread, fixed budget ------------------------
-SPLITS = {"val": [], "dev": ["--train_split", "train_no_dev", "--val_split", "dev"]}
+SPLITS = {"val": ([], []), "dev": (["--train_split", "train_no_dev"], ["--val_split", "dev"])}  # (train, val) flags
 
 
 def method_flags(preset, method):
     """The preset's flags for a method; a combination 'a+b' gets each part's flags."""
     flags = []
     for part in method.split("+"):
-        flags += preset.get("method_flags", {}).get(part, preset.get(part, []))
+        flags += preset.get(part, [])
     return flags
 
 
@@ -257,16 +257,14 @@ def final_miou(log_path):
 def summarize(rows_by_method, teacher_miou):
     """rows_by_method: {method: [final mIoU per seed]} with 'scratch' among them -> table rows (dicts)."""
     scratch = sum(rows_by_method["scratch"]) / len(rows_by_method["scratch"])
-    table = []
-    if teacher_miou is not None:
-        table.append({"method": "teacher", "seeds": 1, "mean_miou": teacher_miou, "min_miou": teacher_miou,
-                      "max_miou": teacher_miou, "gain": teacher_miou - scratch, "gap_closed": ""})
+    gap = teacher_miou - scratch
+    table = [{"method": "teacher", "seeds": 1, "mean_miou": teacher_miou, "min_miou": teacher_miou,
+              "max_miou": teacher_miou, "gain": gap, "gap_closed": ""}]
     for method, values in rows_by_method.items():
         mean = sum(values) / len(values)
-        gap = teacher_miou - scratch if teacher_miou is not None else None
         table.append({"method": method, "seeds": len(values), "mean_miou": mean, "min_miou": min(values),
                       "max_miou": max(values), "gain": mean - scratch,
-                      "gap_closed": (mean - scratch) / gap if gap and gap > 0 else ""})
+                      "gap_closed": (mean - scratch) / gap if gap > 0 else ""})
     return table
 
 
@@ -276,8 +274,8 @@ def run_seeded(args, preset, root, data):
     out = os.path.abspath(args.out_dir or os.path.join("runs", args.preset + ("_dev" if args.split == "dev" else "")))
     weights = os.path.join(out, "weights")
     os.makedirs(weights, exist_ok=True)
-    split = SPLITS[args.split]
-    base = [*data, *split, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
+    train_split, val_split = SPLITS[args.split]
+    base = [*data, *train_split, *val_split, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
             "--patience", "0", "--resume", "auto", "--no_progress", *args.extra.split()]
     teacher_arch = preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
     epochs = lambda n: ["--epochs", str(n)] if n else []  # noqa: E731
@@ -321,7 +319,7 @@ def run_seeded(args, preset, root, data):
     if os.path.exists(timing_csv):
         os.remove(timing_csv)
     for mode, path in (("teacher", teacher_last), ("regular", os.path.join(weights, f"scratch_s{seeds[0]}_last.pth"))):
-        run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, *split[2:], "--weights", path,
+        run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, *val_split, "--weights", path,
                                   "--teacher_arch", teacher_arch, "--device", args.device, "--num_workers",
                                   str(args.num_workers), "--results_csv", timing_csv, "--num_vis", "0",
                                   "--no_progress"], os.path.join(out, f"test_{mode}.out"))
