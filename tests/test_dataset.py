@@ -64,13 +64,31 @@ def test_colour_augmentation_never_touches_the_mask_and_keeps_255(tmp_path):
     img, msk, _ = blocks_pair(tmp_path)
     plain = SegmentationDataset(VOC, [(img, msk)], SIZE, train=False)[0][1]
     assert (plain == 255).any()
-    for augment in ("train", "kd"):
+    for augment in ("train", "kd", "strong"):
         ds = SegmentationDataset(VOC, [(img, msk)], SIZE, train=True, augment=augment)
         for seed in range(5):
             assert torch.equal(ds[(0, seed)][1], plain)
     geo = SegmentationDataset(VOC, [(img, msk)], SIZE, train=True, augment="kd", geometric=True)
     values = set(torch.unique(torch.stack([geo[(0, s)][1] for s in range(8)])).tolist())
     assert 255 in values and values <= set(range(6)) | {255}
+
+
+def test_strong_augmentation_spans_dusk_to_noon(tmp_path):
+    """'strong' scales brightness by 0.4-1.6 (CamVid's dusk sequence is about half as bright as the others); 'train'
+    by 0.8-1.2. Measured on a mid-grey image (no clipping), in pixels, independently of the transform's parameters."""
+    Image.fromarray(np.full((60, 80, 3), 100, np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(tmp_path / "m.png")
+    pair = [(str(tmp_path / "grey.png"), str(tmp_path / "m.png"))]
+
+    def ratios(augment):
+        ds = SegmentationDataset(VOC, pair, SIZE, train=True, augment=augment)
+        means = [(ds[(0, s)][0] * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]).mean()
+                 for s in range(200)]
+        return np.array([float(m) * 255 / 100 for m in means])
+
+    strong, train = ratios("strong"), ratios("train")
+    assert strong.min() < 0.5 and strong.max() > 1.5, (strong.min(), strong.max())
+    assert train.min() > 0.75 and train.max() < 1.25, (train.min(), train.max())
 
 
 def test_seeded_samples_are_reproducible(synthetic_root):
