@@ -229,6 +229,26 @@ def check_compatible(ckpt, args, info, path):
             f"classes (--model_name / --dataset). Pass matching flags or another checkpoint.")
 
 
+# Flags that say how a run is carried out, not what it computes: a resume may change them. Every other flag saved in a
+# checkpoint is part of the recipe (data, split, sizes, augmentation, optimizer, schedule, seed, loss weights ...).
+RUN_CONTROL = {"resume", "device", "num_workers", "no_progress", "log_interval", "num_vis", "save_dir", "root_dir",
+               "download", "run_name", "teacher_weights", "results_csv", "compile", "channels_last", "sync_bn"}
+
+
+def check_same_recipe(ckpt, args, path):
+    """A resume must not mix two recipes, nor a finished run be 'skipped' under flags it never had: name every
+    flag whose value differs from the checkpoint's (flags that one of the two does not know are not compared)."""
+    saved, now = ckpt.get("args") or {}, vars(args)
+    diff = [k for k in sorted(set(saved) & set(now) - RUN_CONTROL)
+            if (list(saved[k]) if isinstance(saved[k], (list, tuple)) else saved[k])
+            != (list(now[k]) if isinstance(now[k], (list, tuple)) else now[k])]
+    if diff:
+        flags = ", ".join(f"--{k} {saved[k]!r} there, {now[k]!r} here" for k in diff)
+        raise utils.CheckpointError(
+            f"{path} was trained with another recipe ({flags}); resuming it would mix the two (or skip this run as "
+            "finished). Use another --save_dir or --run_name, or move that file away to start afresh.")
+
+
 def save_predictions(model, val_set, device, info, path, indices, channels_last, title):
     """A picture with one row per validation image: image | ground truth | prediction."""
     if len(indices) == 0:
@@ -310,6 +330,7 @@ def _fit(args, mode, build_model, build_criterion, extra_meta, device):
     if resume:
         ckpt = utils.load_checkpoint(resume)
         check_compatible(ckpt, args, info, resume)
+        check_same_recipe(ckpt, args, resume)
         model.load_state_dict(ckpt["model"])
         if extra is not None:
             try:

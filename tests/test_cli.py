@@ -162,8 +162,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path)
     a_log = [json.loads(x)["val_miou"] for x in (tmp_path / "a" / "regular_log.jsonl").read_text().splitlines()]
     b_log = [json.loads(x)["val_miou"] for x in log.read_text().splitlines()]
     assert a_log == b_log
-    again = run_cli(args + ["--save_dir", str(b), "--resume", "auto"], tmp_path)
-    assert "already finished" in again.stdout
+    again = run_cli(args + ["--save_dir", str(b), "--resume", "auto", "--log_interval", "7"], tmp_path)
+    assert "already finished" in again.stdout  # a flag of how the run is carried out may change
+    before = (b / "regular_last.pth").read_bytes()
+    other = run_cli([*args[:-2], "--seed", "4", "--save_dir", str(b), "--resume", "auto", "--augment", "strong"],
+                    tmp_path, check=False)  # another recipe: neither resumed nor skipped as finished
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    assert "--augment 'train' there, 'strong' here" in other.stderr and "--seed 3 there, 4 here" in other.stderr
+    assert (b / "regular_last.pth").read_bytes() == before
 
 
 ALPHA0_COMMON = ["--epochs", "2", *SMALL, "--num_vis", "0", "--seed", "5", "--optimizer", "adamw", "--augment", "kd",
