@@ -239,9 +239,8 @@ def check_same_recipe(ckpt, args, path):
     """A resume must not mix two recipes, nor a finished run be 'skipped' under flags it never had: name every
     flag whose value differs from the checkpoint's (flags that one of the two does not know are not compared)."""
     saved, now = ckpt.get("args") or {}, vars(args)
-    diff = [k for k in sorted(set(saved) & set(now) - RUN_CONTROL)
-            if (list(saved[k]) if isinstance(saved[k], (list, tuple)) else saved[k])
-            != (list(now[k]) if isinstance(now[k], (list, tuple)) else now[k])]
+    as_saved = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - a checkpoint holds tuples as lists
+    diff = [k for k in sorted(set(saved) & set(now) - RUN_CONTROL) if as_saved(saved[k]) != as_saved(now[k])]
     if diff:
         flags = ", ".join(f"--{k} {saved[k]!r} there, {now[k]!r} here" for k in diff)
         raise utils.CheckpointError(

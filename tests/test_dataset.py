@@ -26,9 +26,13 @@ def blocks_pair(tmp_path, h=60, w=80):
     return str(tmp_path / "img.png"), str(tmp_path / "mask.png"), colours
 
 
+def unnormalize(image):
+    """A dataset sample back to RGB in [0, 1]."""
+    return image * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+
+
 def decode_classes(image, colours):
-    rgb = image * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
-    rgb = (rgb.permute(1, 2, 0).numpy() * 255)
+    rgb = (unnormalize(image).permute(1, 2, 0).numpy() * 255)
     d = ((rgb[:, :, None, :] - colours[None, None].astype(np.float64)) ** 2).sum(-1)
     return d.argmin(-1)
 
@@ -82,9 +86,7 @@ def test_strong_augmentation_spans_dusk_to_noon(tmp_path):
 
     def ratios(augment):
         ds = SegmentationDataset(VOC, pair, SIZE, train=True, augment=augment)
-        means = [(ds[(0, s)][0] * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]).mean()
-                 for s in range(200)]
-        return np.array([float(m) * 255 / 100 for m in means])
+        return np.array([float(unnormalize(ds[(0, s)][0]).mean()) * 255 / 100 for s in range(200)])
 
     strong, train = ratios("strong"), ratios("train")
     assert strong.min() < 0.5 and strong.max() > 1.5, (strong.min(), strong.max())
