@@ -75,7 +75,7 @@ PRESETS = {
         # which split chose each value (written under the seeded table): the one-seed sweep of docs/camvid_sweep.md
         # chose on val, the split the table reports; each entry moves to "dev" when the development split re-chooses it
         "chosen_on": {"--augment strong (teacher and students)": "dev", "student lr 5e-3": "val",
-                      "response T 1 (of 1 and 4)": "dev", "response alpha 0.9": "val",
+                      "response T 1 (of 1 and 4)": "dev", "response alpha 0.9 (of 0.9 and 1.0)": "dev",
                       "feature alpha 0.9": "val (dev: +4.7 over scratch, one seed)",
                       "student 30 epochs": "val", "teacher 120 epochs at lr 2e-3": "val (dev: still rising at 120)",
                       "cwd, dist, at, affinity, mgd weights": "none (train_kd.py's defaults: their papers'; dev so far: "
