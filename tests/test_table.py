@@ -58,6 +58,10 @@ def test_seeded_table_on_the_development_split(tmp_path, torch_home):
         assert abs(float(r["min_miou"]) - min(values)) < 1e-4 and abs(float(r["max_miou"]) - max(values)) < 1e-4
     gain = (kd[0] + kd[1]) / 2 - (scratch[0] + scratch[1]) / 2
     assert abs(float(rows["response+cwd"]["gain"]) - gain) < 1e-4
+    # the bar for a margin: the gain less the KD runs' and the scratch runs' max-min ranges
+    beyond = gain - (max(kd) - min(kd)) - (max(scratch) - min(scratch))
+    assert abs(float(rows["response+cwd"]["gain_beyond_ranges"]) - beyond) < 1e-4
+    assert rows["scratch"]["gain_beyond_ranges"] == "" and rows["teacher"]["gain_beyond_ranges"] == ""
     gap = teacher - (scratch[0] + scratch[1]) / 2
     if gap > 0:
         assert abs(float(rows["response+cwd"]["gap_closed"]) - gain / gap) < 1e-3
