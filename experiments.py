@@ -79,7 +79,7 @@ PRESETS = {
                       "feature alpha 0.9": "val (dev: +4.7 over scratch, one seed)",
                       "student 30 epochs": "val", "teacher 120 epochs at lr 2e-3": "val (dev: still rising at 120)",
                       "cwd, dist, at, affinity, mgd weights": "none (train_kd.py's defaults: their papers'; dev so far: "
-                                                              "cwd +4.2, at -3.5, one seed)",
+                                                              "cwd +4.2, dist +0.5, at -3.5, one seed)",
                       "combination feature+cwd": "dev (+6.3 against feature +4.7 and cwd +4.2, one seed)"},
     },
 }
