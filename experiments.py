@@ -20,6 +20,7 @@ import sys
 import time
 
 import utils
+from test import MODES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -87,7 +88,6 @@ PRESETS = {
                       "combination feature+cwd": "dev (+6.3 against feature +4.7 and cwd +4.2, one seed)"},
     },
 }
-MODES = ("teacher", "regular", "response", "feature")
 
 
 def get_args_parser():
@@ -159,10 +159,79 @@ def prepare_synthetic(root, recipe, seed, steps, own):
     dataset.make_synthetic_voc(root, seed=seed, **recipe)
 
 
+# ---- what both tables share: output folder, flags of every step, the test step ---------------------------------
+SPLITS = {"val": ([], []), "dev": (["--train_split", "train_no_dev"], ["--val_split", "dev"])}  # (train, val) flags
+
+
+def method_flags(preset, method):
+    """The preset's flags for a method; a combination 'a+b' gets each part's flags."""
+    flags = []
+    for part in method.split("+"):
+        flags += preset.get(part, [])
+    return flags
+
+
+def is_seeded(args):
+    return args.seeds is not None or args.split != "val"
+
+
+def out_dir(args):
+    """--out_dir, else runs/PRESET (runs/PRESET_dev for the development split)."""
+    name = args.preset + ("_dev" if args.split == "dev" else "")
+    return os.path.abspath(args.out_dir or os.path.join("runs", name))
+
+
+def teacher_arch(preset):
+    return preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
+
+
+def epochs_flag(n):
+    """An --epochs override, appended last: argparse keeps the last --epochs."""
+    return ["--epochs", str(n)] if n else []
+
+
+def base_flags(args, data, weights, split="val", seed=None):
+    """The flags every training step shares. seed: given, it follows --num_workers (the four-row table's steps);
+    the seeded table appends each run's --seed after these flags instead."""
+    train_split, val_split = SPLITS[split]
+    return [*data, *train_split, *val_split, "--save_dir", weights, "--device", args.device,
+            "--num_workers", str(args.num_workers), *(["--seed", str(seed)] if seed is not None else []),
+            "--patience", "0", "--resume", "auto", "--no_progress", *args.extra.split()]
+
+
+def teacher_argv(args, preset, flags):
+    return ["train.py", "--model_name", "teacher", *flags, *preset["teacher"], *epochs_flag(args.teacher_epochs)]
+
+
+def student_flags(args, preset):
+    """The students' recipe: one budget for scratch and every KD method."""
+    return [*preset["student"], "--teacher_arch", teacher_arch(preset), *epochs_flag(args.student_epochs)]
+
+
+def student_argv(preset, method, flags, student):
+    """train.py for "scratch", else train_kd.py with the method's flags ('a+b' runs a and b in one loss)."""
+    if method == "scratch":
+        return ["train.py", "--model_name", "light", *flags, *student]
+    return ["train_kd.py", "--kd_method", method.replace("+", ","), "--model_name", "light", *flags, *student,
+            *method_flags(preset, method)]
+
+
+def run_tests(args, preset, out, data, results_csv, sources, pictures):
+    """test.py once per mode into a new results_csv. sources: {mode: flags that name its weights}; pictures: the
+    --vis_dir/--num_vis flags."""
+    if os.path.exists(results_csv):
+        os.remove(results_csv)  # the table is rebuilt from the checkpoints each time
+    for mode, source in sources.items():
+        run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, *source, "--teacher_arch",
+                                  teacher_arch(preset), "--device", args.device, "--num_workers",
+                                  str(args.num_workers), "--results_csv", results_csv, *pictures, "--no_progress"],
+                 os.path.join(out, f"test_{mode}.out"))
+
+
 def main(args):
     preset = PRESETS[args.preset]
     root = args.root_dir or preset["root_dir"]
-    out = os.path.abspath(args.out_dir or os.path.join("runs", args.preset))
+    out = out_dir(args)
     weights = os.path.join(out, "weights")
     os.makedirs(weights, exist_ok=True)
     steps_path = os.path.join(out, "steps.json")
@@ -172,22 +241,13 @@ def main(args):
         prepare_synthetic(root, preset["synthetic"], args.seed, steps, own=args.root_dir is None)
     root = os.path.abspath(root)
     data = ["--dataset", preset["dataset"], "--root_dir", root, "--img_size", *(args.img_size or preset["img_size"])]
-    if args.seeds is not None or args.split != "val":
-        return run_seeded(args, preset, root, data)
-    common = [*data, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
-              "--seed", str(args.seed), "--patience", "0", "--resume", "auto", "--no_progress",
-              *args.extra.split()]
-    teacher_arch = preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
-    epochs = lambda n: ["--epochs", str(n)] if n else []  # noqa: E731 - argparse keeps the last --epochs
-    student = [*preset["student"], "--teacher_arch", teacher_arch, *epochs(args.student_epochs)]
-    plan = {
-        "teacher": ["train.py", "--model_name", "teacher", *common, *preset["teacher"], *epochs(args.teacher_epochs)],
-        "regular": ["train.py", "--model_name", "light", *common, *student],
-        "response": ["train_kd.py", "--kd_method", "response", "--model_name", "light", *common, *student,
-                     *preset["response"]],
-        "feature": ["train_kd.py", "--kd_method", "feature", "--model_name", "light", *common, *student,
-                    *preset["feature"]],
-    }
+    if is_seeded(args):
+        return run_seeded(args, preset, data, out, weights)
+    common = base_flags(args, data, weights, seed=args.seed)
+    student = student_flags(args, preset)
+    plan = {"teacher": teacher_argv(args, preset, common), "regular": student_argv(preset, "scratch", common, student),
+            "response": student_argv(preset, "response", common, student),
+            "feature": student_argv(preset, "feature", common, student)}
     wanted = args.modes.split(",")
     for mode in MODES:
         if mode in wanted:
@@ -196,16 +256,9 @@ def main(args):
                 steps[mode] = round(seconds, 1)  # a skipped step keeps the time it took when it ran
                 utils.atomic_write_text(steps_path, json.dumps(steps, indent=1))
 
-    results = os.path.join(out, "results.csv")
-    if os.path.exists(results):
-        os.remove(results)  # the table is rebuilt from the checkpoints each time
-    for mode in MODES:
-        if mode in wanted:
-            run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, "--save_dir", weights,
-                                      "--teacher_arch", teacher_arch, "--device", args.device,
-                                      "--num_workers", str(args.num_workers), "--results_csv", results,
-                                      "--vis_dir", os.path.join(out, "visualizations"), "--num_vis", "4",
-                                      "--no_progress"], os.path.join(out, f"test_{mode}.out"))
+    run_tests(args, preset, out, data, os.path.join(out, "results.csv"),
+              {mode: ["--save_dir", weights] for mode in MODES if mode in wanted},
+              ["--vis_dir", os.path.join(out, "visualizations"), "--num_vis", "4"])
     write_table(out, weights, steps, args)
 
 
@@ -246,17 +299,6 @@ def write_table(out, weights, steps, args):
 
 
 # ---- the seeded table: every method, several seeds, mean and spread, fixed budget ------------------------
-SPLITS = {"val": ([], []), "dev": (["--train_split", "train_no_dev"], ["--val_split", "dev"])}  # (train, val) flags
-
-
-def method_flags(preset, method):
-    """The preset's flags for a method; a combination 'a+b' gets each part's flags."""
-    flags = []
-    for part in method.split("+"):
-        flags += preset.get(part, [])
-    return flags
-
-
 def final_miou(log_path):
     """(last epoch's val mIoU, epochs, val mIoU per epoch, training seconds) from RUN_log.jsonl."""
     hist = [json.loads(x) for x in open(log_path)]
@@ -282,18 +324,21 @@ def summarize(rows_by_method, teacher_miou):
     return table
 
 
-def run_seeded(args, preset, root, data):
+def teacher_guard(teacher_miou, scratch_mious, split):
+    """The line that says whether the teacher leads the scratch student (mean over seeds) on the reported split."""
+    scratch = sum(scratch_mious) / len(scratch_mious)
+    return (f"guard: teacher {teacher_miou:.4f} vs scratch student {scratch:.4f} (mean of {len(scratch_mious)} seeds) "
+            f"on {split}: " + ("the teacher leads by {:.1f} points".format(100 * (teacher_miou - scratch))
+                               if teacher_miou > scratch else
+                               "THE TEACHER IS NOT BETTER THAN THE STUDENT FROM SCRATCH; distillation from it "
+                               "is not a result (train a stronger teacher first)"))
+
+
+def run_seeded(args, preset, data, out, weights):
     seeds = [int(x) for x in (args.seeds or str(args.seed)).split(",")]
     methods = (args.methods or ",".join(preset.get("methods", ("response", "feature")))).split(",")
-    out = os.path.abspath(args.out_dir or os.path.join("runs", args.preset + ("_dev" if args.split == "dev" else "")))
-    weights = os.path.join(out, "weights")
-    os.makedirs(weights, exist_ok=True)
-    train_split, val_split = SPLITS[args.split]
-    base = [*data, *train_split, *val_split, "--save_dir", weights, "--device", args.device, "--num_workers", str(args.num_workers),
-            "--patience", "0", "--resume", "auto", "--no_progress", *args.extra.split()]
-    teacher_arch = preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
-    epochs = lambda n: ["--epochs", str(n)] if n else []  # noqa: E731
-    student = [*preset["student"], "--teacher_arch", teacher_arch, *epochs(args.student_epochs)]
+    base = base_flags(args, data, weights, args.split)
+    student = student_flags(args, preset)
     teacher_last = os.path.join(weights, "teacher_last.pth")
 
     def step(run, argv):
@@ -301,8 +346,7 @@ def run_seeded(args, preset, root, data):
         run_step(run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
         return final_miou(log)
 
-    t_miou, _, _, t_sec = step("teacher", ["train.py", "--model_name", "teacher", *base, "--seed", str(args.seed),
-                                           *preset["teacher"], *epochs(args.teacher_epochs)])
+    t_miou, _, _, t_sec = step("teacher", teacher_argv(args, preset, [*base, "--seed", str(args.seed)]))
     finals, curves, seconds = {}, {}, {"teacher": [t_sec]}
 
     def record(method, seed, result):
@@ -313,30 +357,23 @@ def run_seeded(args, preset, root, data):
         print(f"{method} seed {seed}: last-epoch val mIoU {miou:.4f}", flush=True)
 
     for seed in seeds:
-        record("scratch", seed, step(f"scratch_s{seed}", ["train.py", "--model_name", "light", *base,
-                                                          "--seed", str(seed), *student]))
-    scratch = sum(finals["scratch"]) / len(finals["scratch"])
-    verdict = (f"guard: teacher {t_miou:.4f} vs scratch student {scratch:.4f} (mean of {len(seeds)} seeds) on "
-               f"{args.split}: " + ("the teacher leads by {:.1f} points".format(100 * (t_miou - scratch))
-                                    if t_miou > scratch else
-                                    "THE TEACHER IS NOT BETTER THAN THE STUDENT FROM SCRATCH; distillation from it "
-                                    "is not a result (train a stronger teacher first)"))
+        record("scratch", seed, step(f"scratch_s{seed}",
+                                     student_argv(preset, "scratch", [*base, "--seed", str(seed)], student)))
+    verdict = teacher_guard(t_miou, finals["scratch"], args.split)
     print("\n" + verdict + "\n", flush=True)
     for method in methods:
         for seed in seeds:
             record(method, seed, step(f"{method}_s{seed}", [
-                "train_kd.py", "--kd_method", method.replace("+", ","), "--model_name", "light", *base,
-                "--seed", str(seed), *student, *method_flags(preset, method), "--teacher_weights", teacher_last]))
+                *student_argv(preset, method, [*base, "--seed", str(seed)], student), "--teacher_weights",
+                teacher_last]))
 
     # ms/image: the student's and the teacher's inference on the reported split (test.py, one run each)
     timing_csv = os.path.join(out, "timing.csv")
-    if os.path.exists(timing_csv):
-        os.remove(timing_csv)
-    for mode, path in (("teacher", teacher_last), ("regular", os.path.join(weights, f"scratch_s{seeds[0]}_last.pth"))):
-        run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, *val_split, "--weights", path,
-                                  "--teacher_arch", teacher_arch, "--device", args.device, "--num_workers",
-                                  str(args.num_workers), "--results_csv", timing_csv, "--num_vis", "0",
-                                  "--no_progress"], os.path.join(out, f"test_{mode}.out"))
+    val_split = SPLITS[args.split][1]
+    run_tests(args, preset, out, data, timing_csv,
+              {mode: [*val_split, "--weights", path] for mode, path in
+               (("teacher", teacher_last), ("regular", os.path.join(weights, f"scratch_s{seeds[0]}_last.pth")))},
+              ["--num_vis", "0"])
     with open(timing_csv) as f:
         ms = {r["training_mode"]: float(r["avg_inference_time_ms"]) for r in csv.DictReader(f)}
     table = summarize(finals, t_miou)

@@ -5,8 +5,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
+import experiments
 from conftest import ROOT, run_cli
 
 
@@ -62,6 +64,7 @@ def test_seeded_table_on_the_development_split(tmp_path, torch_home):
     beyond = gain - (max(kd) - min(kd)) - (max(scratch) - min(scratch))
     assert abs(float(rows["response+cwd"]["gain_beyond_ranges"]) - beyond) < 1e-4
     assert rows["scratch"]["gain_beyond_ranges"] == "" and rows["teacher"]["gain_beyond_ranges"] == ""
+    # which branch of gap closed this runs depends on the random data: both are checked on their own below
     gap = teacher - (scratch[0] + scratch[1]) / 2
     if gap > 0:
         assert abs(float(rows["response+cwd"]["gap_closed"]) - gain / gap) < 1e-3
@@ -70,3 +73,35 @@ def test_seeded_table_on_the_development_split(tmp_path, torch_home):
     assert (out / "curves_seeds.png").stat().st_size > 0
     md = (out / "results_seeds.md").read_text()
     assert "Split `dev`" in md and "- student lr 5e-3: val" in md  # the preset's record of what chose each value
+
+
+def test_gap_closed_and_guard_with_a_teacher_above_scratch():
+    """Hand-made numbers: scratch 0.30/0.34 (mean 0.32, range 0.04), KD 0.38/0.40 (mean 0.39, range 0.02), teacher
+    0.42: gain 0.07 of a 0.10 gap, 70% closed, 0.07 - 0.02 - 0.04 = 0.01 beyond the two seed ranges."""
+    table = {r["method"]: r for r in experiments.summarize({"scratch": [0.30, 0.34], "kd": [0.38, 0.40]}, 0.42)}
+    assert list(table) == ["teacher", "scratch", "kd"]
+    teacher, scratch, kd = table["teacher"], table["scratch"], table["kd"]
+    assert teacher["seeds"] == 1 and teacher["gap_closed"] == "" and teacher["gain_beyond_ranges"] == ""
+    assert abs(teacher["gain"] - 0.10) < 1e-9
+    assert scratch["seeds"] == 2 and abs(scratch["mean_miou"] - 0.32) < 1e-9 and scratch["gain"] == 0
+    assert scratch["gain_beyond_ranges"] == "" and scratch["gap_closed"] == 0
+    assert (kd["min_miou"], kd["max_miou"]) == (0.38, 0.40) and abs(kd["mean_miou"] - 0.39) < 1e-9
+    assert abs(kd["gain"] - 0.07) < 1e-9
+    assert abs(kd["gap_closed"] - 0.70) < 1e-9
+    assert abs(kd["gain_beyond_ranges"] - 0.01) < 1e-9
+    guard = experiments.teacher_guard(0.42, [0.30, 0.34], "dev")
+    assert guard == ("guard: teacher 0.4200 vs scratch student 0.3200 (mean of 2 seeds) on dev: the teacher leads "
+                     "by 10.0 points")
+
+
+@pytest.mark.parametrize("teacher", [0.25, 0.32], ids=["below", "equal"])
+def test_gap_closed_stays_empty_when_the_teacher_does_not_lead(teacher):
+    """No gap to close (teacher below or level with the scratch mean 0.32): gap closed is empty for every row, the
+    gain and the gain beyond ranges are still given, and the guard says the teacher is not better."""
+    table = {r["method"]: r for r in experiments.summarize({"scratch": [0.30, 0.34], "kd": [0.38, 0.40]}, teacher)}
+    assert [r["gap_closed"] for r in table.values()] == ["", "", ""]
+    assert abs(table["teacher"]["gain"] - (teacher - 0.32)) < 1e-9
+    assert abs(table["kd"]["gain"] - 0.07) < 1e-9 and abs(table["kd"]["gain_beyond_ranges"] - 0.01) < 1e-9
+    guard = experiments.teacher_guard(teacher, [0.30, 0.34], "val")
+    assert guard.startswith(f"guard: teacher {teacher:.4f} vs scratch student 0.3200 (mean of 2 seeds) on val: ")
+    assert "THE TEACHER IS NOT BETTER THAN THE STUDENT FROM SCRATCH" in guard and "leads" not in guard
