@@ -10,6 +10,7 @@ forward(x, return_features="logits8") returns (logits, [features...], logits8), 
 stride-8 output before upsampling (what CWD and DIST compare).
 """
 import argparse
+import inspect
 
 import torch
 import torch.nn as nn
@@ -123,17 +124,19 @@ class LightSegNet(nn.Module):
         return (logits, [f4, f8, f32]) if return_features else logits
 
 
-def light(num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True, **kw):
-    """fast=False: the original's order of operations (upsample, then classify), the same function."""
+def light(num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True, *, teacher_arch=None):
+    """fast=False: the original's order of operations (upsample, then classify), the same function.
+    teacher_arch: ignored (see MODELS)."""
     return LightSegNet(num_classes, pretrained_backbone, upsample_first=upsample_first or not fast)
 
 
-def best(num_classes=21, pretrained_backbone=False, **kw):
-    """The original's second choice: torchvision fcn_resnet50 trained from scratch as a student."""
+def best(num_classes=21, pretrained_backbone=False, *, teacher_arch=None):
+    """The original's second choice: torchvision fcn_resnet50 trained from scratch as a student.
+    teacher_arch: ignored (see MODELS)."""
     return TappedSegNet("fcn_resnet50", num_classes, pretrained_backbone)
 
 
-def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet50", **kw):
+def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet50"):
     """The teacher network, trainable: `python train.py --model_name teacher [--teacher_arch A]` trains it.
     A is a torchvision ResNet segmentation net of teacher/ (the default, whose VOC weights torchvision
     publishes) or "light": the student's own architecture, trained with a larger budget (born-again
@@ -148,6 +151,8 @@ def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet5
 ORIGINAL_ALIGN_CHANNELS = (256, 512, 1024)  # the original's alignment convs map the student to ResNet50 layer1..3
 ORIGINAL_TRUNK_PARAMS = 2_223_872  # MobileNetV2's `features`, counted twice by the original's summary table
 
+# Every builder takes num_classes, pretrained_backbone and teacher_arch, so that the scripts build any --model_name
+# with one call; only `teacher` reads teacher_arch. A keyword a builder does not take is refused (build_model).
 MODELS = {"light": light, "best": best, "teacher": teacher}
 TEACHER_ARCHS = (*RESNET_SEGNETS, "light")
 
@@ -163,8 +168,13 @@ def add_model_args(p):
 
 
 def build_model(name, num_classes=21, **kwargs):
+    """MODELS[name](num_classes=num_classes, **kwargs); a misspelt keyword fails here, named, not silently."""
     if name not in MODELS:
         raise ValueError(f"--model_name {name}: unknown; choose one of {', '.join(MODELS)}")
+    takes = list(inspect.signature(MODELS[name]).parameters)
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise TypeError(f"{name}(): unknown argument(s) {', '.join(unknown)}; it takes {', '.join(takes)}")
     return MODELS[name](num_classes=num_classes, **kwargs)
 
 
