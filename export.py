@@ -206,14 +206,14 @@ def main(args):
         print(f"exported {meta['description']} to {path} ({fmt}, input {takes}, {os.path.getsize(path) / 2**20:.1f} "
               f"MiB) in {time.perf_counter() - t:.1f} s")
 
-    # PyTorch as predict.py runs it: channels_last. Timed before the exported file is loaded: ONNX Runtime's idle
-    # threads spin for a while and would take PyTorch's cores.
-    folded = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    # PyTorch as predict.py runs it: channels_last, on a copy (the parity check below runs `model` as loaded). Timed
+    # before the exported file is loaded: ONNX Runtime's idle threads spin for a while and would take PyTorch's cores.
+    channels_last_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, *size)
 
     def pytorch(inp):
         with torch.inference_mode():
-            return folded(inp.contiguous(memory_format=torch.channels_last))
+            return channels_last_model(inp.contiguous(memory_format=torch.channels_last))
 
     ms = {"pytorch": latency_ms(pytorch, x, args.runs)}
 

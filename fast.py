@@ -95,7 +95,7 @@ def winograd_conv2d(x, u, bias=None, dilation=1):
 
 def qualifies(conv):
     """A 3x3, stride-1, ungrouped, 'same'-padded convolution wide enough for Winograd to pay on the CPU."""
-    # type() is: a subclass (the student's CenterTapConv2d, say) has a forward of its own to keep
+    # type() is, not isinstance: a subclass of nn.Conv2d may have a forward of its own, which a swap would drop
     return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.groups == 1 and conv.padding_mode == "zeros" and conv.dilation[0] == conv.dilation[1]
             and conv.padding == conv.dilation and conv.in_channels * conv.out_channels >= MIN_CHANNEL_PRODUCT)

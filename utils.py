@@ -1,6 +1,8 @@
 """Helpers shared by the scripts: metrics, checkpoint I/O, atomic files, distributed seams, plots.
 
-Nothing here knows about a particular model or dataset; train.py, train_kd.py and test.py import it.
+Nothing here knows about a particular model or dataset, and nothing here imports another module of this repo.
+Imported by engine.py, teacher/, model.py (inside load_trained) and every script but train.py (which reaches it
+through engine.py): train_kd.py, test.py, predict.py, export.py, experiments.py, bench.py.
 """
 import csv
 import io
@@ -257,7 +259,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-# --------------------------------------------------------------------------- the host: loader workers, allocator
+# --------------------------------------------------------------------------- the host: loader workers
 NUM_WORKERS_HELP = ("DataLoader worker processes; -1 (default): 0 on the CPU, where workers would take cores from "
                     "the model (the decoded images are cached, so loading is light), min(8, CPU cores) on a GPU")
 

@@ -18,7 +18,6 @@ from torchvision.models.segmentation import (
 
 from fast import use_winograd
 from model import LOGITS8, build_model
-from model import FEATURE_CHANNELS, TappedSegNet  # noqa: F401 - re-exported
 from utils import load_checkpoint
 
 # Construction runs one way: this package builds its networks with model.py's registry; model.py never imports it.
