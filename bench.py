@@ -42,7 +42,7 @@ import original
 import train
 import train_kd
 import utils
-from model import TappedSegNet, build_model, load_original_state_dict
+from model import TappedSegNet, build_model, forward_flag, load_original_state_dict
 from teacher import FrozenTeacher
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -123,12 +123,12 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
         net = TappedSegNet("fcn_resnet50", 21)
         net.load_state_dict({k: v for k, v in weights["teacher"].items() if not k.startswith("aux_classifier.")})
         frozen = FrozenTeacher(net).to(device).to(memory_format=torch.channels_last)  # as train_kd.main
-        if workload == "response":
-            criterion = losses.ResponseKDLoss(frozen, args.alpha, args.temperature)
-        else:
-            criterion = losses.FeatureKDLoss(frozen, student.feature_channels, args.alpha)
-            criterion.align.load_state_dict({"convs." + k.removeprefix("align_layers."): v
-                                             for k, v in weights["student"].items() if k.startswith("align_layers.")})
+        args.kd_method = workload
+        criterion = losses.build_loss([workload], frozen, student, args)
+        if workload == "feature":
+            criterion.methods["feature"].align.load_state_dict(
+                {"convs." + k.removeprefix("align_layers."): v for k, v in weights["student"].items()
+                 if k.startswith("align_layers.")})
     criterion.to(device)
     optimizer = engine.build_optimizer(
         args, list(student.parameters()) + [p for p in criterion.parameters() if p.requires_grad])
@@ -138,7 +138,7 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
                               channels_last=True, progress=False)
 
     def loss_fn(x, y):
-        return criterion(cl(x), student(cl(x), return_features=criterion.needs_features), y)["loss"]
+        return criterion(cl(x), student(cl(x), return_features=forward_flag(criterion.needs)), y)["loss"]
     return SimpleNamespace(run=run, loss=loss_fn, student=student)
 
 

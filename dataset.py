@@ -26,6 +26,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from utils import UserError
+
 IGNORE_INDEX = 255
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -74,7 +76,7 @@ DATASETS = {"voc": VOC, "camvid": CAMVID}
 _REMAP = {"camvid": {11: IGNORE_INDEX}}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError):
     """Bad or missing data: the message names the file or flag and says what to do."""
 
 

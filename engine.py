@@ -1,16 +1,24 @@
-"""The training engine: the loop, evaluation, checkpoints, resume and early stopping, written once.
+"""The training engine: the loop, evaluation, one training state, checkpoints, resume and early stopping.
 
-It knows no method. A script hands fit() a model builder and, optionally, a loss builder (losses.py): the loss says
-what it needs from the model (logits or features), what it trains besides the model, and how that is wrapped for
-DDP; the engine calls, logs, saves and restores accordingly. The training scripts and test.py are thin command
-lines over this module (torchvision's references/segmentation/train.py and DeiT's engine.py are the models).
+It knows no method and builds no network. A script builds the network and the loss (losses.py) and hands them to
+fit(): the loss says what it needs from the network (its `needs`), what it trains besides it (trainable()) and how
+that is wrapped for DDP; the engine calls, logs, saves and restores accordingly. Everything a run carries from one
+epoch to the next is one TrainState with one state_dict() / load_state_dict() pair, and write_checkpoint() writes
+every checkpoint from it. The training scripts and test.py are thin command lines over this module
+(torchvision's references/segmentation/train.py and DeiT's engine.py are the models).
+
+    with engine.session(args) as device:             # processes, backends, seed
+        data = engine.build_data(args, device)      # then the network, then the loss: the RNG order of every run
+        model = build_model(...)
+        return engine.fit(args, run, model, loss, data, device, meta)
 """
 import argparse
 import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -21,13 +29,11 @@ from tqdm import tqdm
 import fast
 import utils
 from dataset import DATASETS, DatasetError, add_data_args, build_dataset, colorize, denormalize, parse_size
-from losses import SegmentationLoss
+from model import forward_flag
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(utils.UserError):
     pass
-
-
 class EpochSeededSampler(DistributedSampler):
     """DistributedSampler that also hands each sample a seed derived from (seed, epoch, index).
 
@@ -126,7 +132,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, *, autoc
     for step, (images, targets) in enumerate(bar):
         images, targets = to_device(images, targets, device, channels_last)
         with autocast:
-            outputs = model(images, return_features=criterion.needs_features)
+            outputs = model(images, return_features=forward_flag(criterion.needs))
             losses = criterion(images, outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
@@ -191,7 +197,19 @@ def build_optimizer(args, params):
     return torch.optim.SGD(params, lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay)
 
 
-def build_loaders(args, device):
+def build_scheduler(args, optimizer, steps_per_epoch):
+    """plateau: stepped once per epoch on --monitor; poly: stepped after every optimizer step; none: None."""
+    if args.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max" if args.monitor == "miou" else "min", factor=0.5, patience=10)
+    if args.scheduler == "poly":
+        total = args.epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / total) ** 0.9)
+    return None
+
+
+def build_data(args, device):
+    """The dataset's info, both splits and their loaders (the train loader's sampler seeds every augmentation)."""
     size = parse_size(args.img_size)
     common = dict(root=args.root_dir, img_size=size, train_split=args.train_split)
     train_set = build_dataset(args.dataset, split="train", train=True, augment=args.augment,
@@ -211,9 +229,24 @@ def build_loaders(args, device):
         generator=torch.Generator().manual_seed(args.seed), **loader_kw)
     val_indices = list(range(rank, len(val_set), world))  # no padding: every image counted exactly once
     val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=val_indices, **loader_kw)
-    return train_set, val_set, train_loader, val_loader
+    return SimpleNamespace(info=DATASETS[args.dataset], train_set=train_set, val_set=val_set,
+                           train_loader=train_loader, val_loader=val_loader)
 
 
+@contextmanager
+def session(args):
+    """Start the processes (torchrun) and the backends, seed every generator; yields the device. A script builds
+    its data, network and loss inside, in that order, so every run draws its random numbers in the same order."""
+    device, _ = utils.init_distributed(args.device)
+    try:
+        fast.setup_backends(device)
+        utils.seed_everything(args.seed)
+        yield device
+    finally:
+        utils.cleanup_distributed()
+
+
+# --------------------------------------------------------------------------- checkpoints
 def checkpoint_meta(args, mode, info, extra_meta):
     return {"model_name": args.model_name, "num_classes": info.num_classes, "dataset": info.name, "mode": mode,
             **extra_meta, "args": dict(vars(args))}
@@ -231,21 +264,114 @@ def check_compatible(ckpt, args, info, path):
 
 # Flags that say how a run is carried out, not what it computes: a resume may change them. Every other flag saved in a
 # checkpoint is part of the recipe (data, split, sizes, augmentation, optimizer, schedule, seed, loss weights ...).
+# A script adds its own such flags (fit's may_change).
 RUN_CONTROL = {"resume", "device", "num_workers", "no_progress", "log_interval", "num_vis", "save_dir", "root_dir",
-               "download", "run_name", "teacher_weights", "results_csv", "compile", "channels_last", "sync_bn"}
+               "download", "run_name", "compile", "channels_last", "sync_bn"}
 
 
-def check_same_recipe(ckpt, args, path):
+def check_same_recipe(ckpt, args, path, may_change=()):
     """A resume must not mix two recipes, nor a finished run be 'skipped' under flags it never had: name every
     flag whose value differs from the checkpoint's (flags that one of the two does not know are not compared)."""
     saved, now = ckpt.get("args") or {}, vars(args)
     as_saved = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - a checkpoint holds tuples as lists
-    diff = [k for k in sorted(set(saved) & set(now) - RUN_CONTROL) if as_saved(saved[k]) != as_saved(now[k])]
+    free = RUN_CONTROL | set(may_change)
+    diff = [k for k in sorted(set(saved) & set(now) - free) if as_saved(saved[k]) != as_saved(now[k])]
     if diff:
         flags = ", ".join(f"--{k} {saved[k]!r} there, {now[k]!r} here" for k in diff)
         raise utils.CheckpointError(
             f"{path} was trained with another recipe ({flags}); resuming it would mix the two (or skip this run as "
             "finished). Use another --save_dir or --run_name, or move that file away to start afresh.")
+
+
+class TrainState:
+    """Everything a run carries from one epoch to the next (torch.distributed.checkpoint's "Stateful"): the network,
+    the loss's trainable parts, optimizer, scheduler, scaler, early stopping, history and the RNG states."""
+
+    def __init__(self, model, extra, optimizer, scheduler, scaler, args):
+        self.model, self.extra, self.optimizer, self.scheduler, self.scaler = model, extra, optimizer, scheduler, scaler
+        self.monitor, self.delta, self.patience, self.epochs = args.monitor, args.delta, args.patience, args.epochs
+        self.epoch = -1  # the last finished epoch
+        self.best = -math.inf  # the best --monitor value so far as a score, higher is better (minus the loss)
+        self.best_miou, self.bad_epochs, self.history, self.finished = -1.0, 0, [], False
+        self.rng = None  # the RNG states a resume restores just before the first step
+
+    def state_dict(self):
+        return {
+            "model": self.model.state_dict(),
+            "criterion": self.extra.state_dict() if self.extra is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs, "monitor": self.monitor},
+            "epoch": self.epoch, "best_miou": self.best_miou, "history": self.history,
+            "rng": utils.rng_state(), "finished": self.finished,
+        }
+
+    def load_state_dict(self, sd, path="the checkpoint"):
+        stopping = sd["early_stopping"]
+        if stopping.get("monitor", "miou") != self.monitor:
+            raise utils.CheckpointError(
+                f"{path} was trained with --monitor {stopping.get('monitor', 'miou')}; resume it with the same "
+                f"--monitor (this run has {self.monitor})")
+        self.model.load_state_dict(sd["model"])
+        if self.extra is not None:
+            try:
+                self.extra.load_state_dict(sd.get("criterion") or {})
+            except RuntimeError:
+                raise utils.CheckpointError(
+                    f"{path} holds no state for this loss's trainable parts (written by another loss or an older "
+                    "version of this repo); start afresh without --resume") from None
+        self.optimizer.load_state_dict(sd["optimizer"])
+        if self.scheduler is not None and sd.get("lr_scheduler"):
+            self.scheduler.load_state_dict(sd["lr_scheduler"])
+        if sd.get("scaler"):
+            self.scaler.load_state_dict(sd["scaler"])
+        self.best, self.bad_epochs = stopping["best"], stopping["bad_epochs"]
+        self.epoch, self.best_miou, self.history = sd["epoch"], sd["best_miou"], sd["history"]
+        self.rng, self.finished = sd["rng"], bool(sd.get("finished"))
+
+    def end_epoch(self, epoch, parts, val_loss, res, seconds):
+        """Step the plateau scheduler, early stopping and the history; returns (record, improved)."""
+        miou = res["miou"]
+        watched = miou if self.monitor == "miou" else val_loss
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(watched)
+        score = watched if self.monitor == "miou" else -watched
+        improved = score > self.best + self.delta
+        if improved:
+            self.best, self.best_miou, self.bad_epochs = score, miou, 0
+        else:
+            self.bad_epochs += 1
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}, "val_loss": val_loss,
+                  "val_miou": miou, "val_pixel_acc": res["pixel_acc"], "lr": self.optimizer.param_groups[0]["lr"],
+                  "epoch_time_s": round(seconds, 3)}
+        self.history.append(record)
+        self.epoch = epoch
+        self.finished = self.stopped_early or epoch == self.epochs - 1
+        return record, improved
+
+    @property
+    def stopped_early(self):
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+
+def write_checkpoint(path, state, meta, full=True):
+    """Every checkpoint of a run, written from its one state: full (RUN_last.pth, the resume point) or the network
+    alone (RUN_best.pth, RUN_interrupted.pth: small files for test.py, predict.py and export.py)."""
+    sd = state.state_dict() if full else {"model": state.model.state_dict(), "epoch": state.epoch,
+                                          "best_miou": state.best_miou}
+    utils.save_checkpoint({**meta, **sd}, path)
+
+
+def all_ranks_agree(error, device):
+    """Under DDP, one process's error (a full disk on rank 0) ends every process instead of leaving the others
+    waiting in the next collective: each learns whether any failed, and those that did not raise too."""
+    if utils.is_dist():
+        failed = utils.all_reduce_sum(torch.tensor([int(error is not None)], device=device))
+        if failed.item() and error is None:
+            error = utils.UserError("another process failed (its message is above); stopping this one too")
+    if error is not None:
+        raise error
 
 
 def save_predictions(model, val_set, device, info, path, indices, channels_last, title):
@@ -267,27 +393,76 @@ def save_predictions(model, val_set, device, info, path, indices, channels_last,
     utils.plot_predictions(images, truths, preds, path, title)
 
 
-def fit(args, mode, build_model, build_criterion=None, extra_meta=None):
-    """Train the network that build_model(num_classes) returns with the loss that build_criterion(model, info,
-    device) returns (cross-entropy when None). Files go to args.save_dir under args.run_name or `mode`.
-    extra_meta: what a checkpoint must also record to rebuild the network (the script knows). Handles data,
-    optimizer, schedule, early stopping, checkpoints, resume, logs and pictures."""
-    device, _ = utils.init_distributed(args.device)
-    try:
-        return _fit(args, mode, build_model, build_criterion, extra_meta or {}, device)
-    finally:
-        utils.cleanup_distributed()
-
-
-def _fit(args, mode, build_model, build_criterion, extra_meta, device):
-    main_proc = utils.is_main()
+# --------------------------------------------------------------------------- fit
+def fit(args, mode, model, criterion, data, device, meta=None, may_change=()):
+    """Train `model` with `criterion` (losses.py) on `data` (build_data) inside session(). Files go to
+    args.save_dir as RUN_* (RUN: --run_name, else mode): RUN_best.pth, RUN_last.pth, RUN_log.jsonl, RUN_curves.png, RUN_predictions.png.
+    meta: what a checkpoint must also record to rebuild the network (the script knows); may_change: the script's
+    own flags that a resume may change. Returns {best_miou, history, best_path, skipped, model, criterion}."""
+    main_proc, info = utils.is_main(), data.info
     run = args.run_name or mode
-    info = DATASETS[args.dataset]
-    fast.setup_backends(device)
-    utils.seed_everything(args.seed)
+    meta = checkpoint_meta(args, mode, info, meta or {})
+    state, autocast = prepare(args, model, criterion, len(data.train_loader), device)
+    model = state.model  # SyncBatchNorm, when asked, is a new module
+    os.makedirs(args.save_dir, exist_ok=True)
+    paths = {k: os.path.join(args.save_dir, f"{run}_{k}") for k in
+             ("best.pth", "last.pth", "interrupted.pth", "log.jsonl", "curves.png", "predictions.png")}
+    resume(state, args, paths["last.pth"], info, may_change)
+    done = {"best_miou": state.best_miou, "history": state.history, "best_path": paths["best.pth"],
+            "model": model, "criterion": criterion}
+    if state.finished:
+        if main_proc:
+            print(f"{run}: training already finished ({paths['last.pth']}); nothing to do")
+        return {**done, "skipped": True}
+    train_model = wrap_for_training(model, criterion, args, device)
+    if state.rng is not None:
+        utils.set_rng_state(state.rng)
+    if main_proc:
+        print(f"{run}: {args.model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on "
+              f"{info.name} ({len(data.train_set)} train / {len(data.val_set)} val at {parse_size(args.img_size)}), "
+              f"device {device}, {utils.get_world_size()} process(es), epochs {state.epoch + 1}..{args.epochs - 1}")
+    poly = args.scheduler == "poly"
+    loop = dict(channels_last=args.channels_last, progress=not args.no_progress)
+    try:
+        for epoch in range(state.epoch + 1, args.epochs):
+            t0 = time.time()
+            data.train_loader.sampler.set_epoch(epoch)
+            parts = train_one_epoch(train_model, criterion, state.optimizer, data.train_loader, device, epoch,
+                                    autocast=autocast, scaler=state.scaler, log_interval=args.log_interval,
+                                    scheduler_step=state.scheduler.step if poly else None, **loop)
+            utils.average_buffers(model)
+            cm, val_loss, _ = evaluate(model, data.val_loader, device, info.num_classes, info.ignore_index,
+                                       autocast=autocast, **loop)
+            record, improved = state.end_epoch(epoch, parts, val_loss, cm.compute(), time.time() - t0)
+            error = None
+            if main_proc:
+                try:
+                    write_epoch(state, record, improved, paths, meta, args, run, info)
+                except utils.WriteError as e:
+                    error = e
+            all_ranks_agree(error, device)
+            if state.stopped_early:
+                if main_proc:
+                    print(f"early stopping: no val {args.monitor} improvement above {args.delta} for "
+                          f"{args.patience} epochs")
+                break
+    except KeyboardInterrupt:
+        if main_proc:
+            write_checkpoint(paths["interrupted.pth"], state, meta, full=False)
+            print(f"\ninterrupted: weights of the unfinished epoch saved to {paths['interrupted.pth']}; "
+                  f"{paths['last.pth']} (last complete epoch) is intact: re-run the same command with --resume auto "
+                  "to continue", file=sys.stderr)
+        raise
+    if main_proc:
+        save_predictions(model, data.val_set, device, info, paths["predictions.png"],
+                         range(min(args.num_vis, len(data.val_set))), args.channels_last,
+                         title=f"{run}: {args.model_name}, last epoch")
+        print(f"{run}: best epoch by val {args.monitor}: val mIoU {state.best_miou:.4f}; weights in {paths['best.pth']}")
+    return {**done, "best_miou": state.best_miou, "skipped": False}
 
-    train_set, val_set, train_loader, val_loader = build_loaders(args, device)
-    model = build_model(info.num_classes)
+
+def prepare(args, model, criterion, steps_per_epoch, device):
+    """The network and the loss on the device; the TrainState around them; the autocast context."""
     if args.sync_bn:
         if not (utils.is_dist() and device.type == "cuda"):
             raise SystemExit("--sync_bn needs several CUDA processes (torchrun with --device cuda)")
@@ -295,173 +470,57 @@ def _fit(args, mode, build_model, build_criterion, extra_meta, device):
     model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The loss's own randomness (the networks it builds, the init of its trainable parts) stays off the global
-    # stream, so a loss whose extra terms are weighted 0 replays the cross-entropy run exactly.
-    with torch.random.fork_rng(devices=[]):
-        criterion = build_criterion(model, info, device) if build_criterion else SegmentationLoss(info.ignore_index)
     criterion.to(device)
-    extra = criterion.trainable()  # what the loss trains beside the model, or None
+    extra = criterion.trainable()  # what the loss trains beside the network, or None
     optimizer = build_optimizer(args, list(model.parameters()) + (list(extra.parameters()) if extra else []))
-
-    higher_is_better = args.monitor == "miou"
-    if args.scheduler == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max" if higher_is_better else "min", factor=0.5, patience=10)
-    elif args.scheduler == "poly":
-        total = args.epochs * len(train_loader)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / total) ** 0.9)
-    else:
-        scheduler = None
     autocast, scaler = make_autocast(device, args.amp)
+    scheduler = build_scheduler(args, optimizer, steps_per_epoch)
+    return TrainState(model, extra, optimizer, scheduler, scaler, args), autocast
 
-    # Resume: model, optimizer, schedule, early stopping, epoch, RNG states, history.
-    os.makedirs(args.save_dir, exist_ok=True)
-    last_path = os.path.join(args.save_dir, f"{run}_last.pth")
-    best_path = os.path.join(args.save_dir, f"{run}_best.pth")
-    resume = last_path if args.resume == "auto" and os.path.isfile(last_path) else (
+
+def resume(state, args, last_path, info, may_change):
+    """--resume FILE, or --resume auto with RUN_last.pth present: load it into the state after checking that it
+    holds this network and this recipe."""
+    path = last_path if args.resume == "auto" and os.path.isfile(last_path) else (
         args.resume if args.resume not in ("", "auto") else None)
-    # best: the best --monitor value so far, as a score where higher is better (minus the loss for "loss")
-    start_epoch, best, best_miou, bad_epochs, history = 0, -math.inf, -1.0, 0, []
-    rng_to_restore = None
-    if not resume and os.path.isfile(last_path) and main_proc:
-        print(f"note: starting afresh; {last_path} of an earlier run will be replaced after the first epoch "
-              "(stop now and add --resume auto to continue it instead)")
-    if resume:
-        ckpt = utils.load_checkpoint(resume)
-        check_compatible(ckpt, args, info, resume)
-        check_same_recipe(ckpt, args, resume)
-        model.load_state_dict(ckpt["model"])
-        if extra is not None:
-            try:
-                extra.load_state_dict(ckpt.get("criterion") or {})
-            except RuntimeError:
-                raise utils.CheckpointError(
-                    f"{resume} holds no state for this loss's trainable parts (written by another loss or an older "
-                    "version of this repo); start afresh without --resume") from None
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("lr_scheduler"):
-            scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"] + 1
-        stopping = ckpt["early_stopping"]
-        if stopping.get("monitor", "miou") != args.monitor:
-            raise utils.CheckpointError(
-                f"{resume} was trained with --monitor {stopping.get('monitor', 'miou')}; resume it with the same "
-                f"--monitor (this run has {args.monitor})")
-        best, bad_epochs, best_miou = stopping["best"], stopping["bad_epochs"], ckpt["best_miou"]
-        history = ckpt["history"]
-        rng_to_restore = ckpt["rng"]
-        if main_proc:
-            print(f"resumed from {resume}: epoch {ckpt['epoch']} done, best val mIoU {best_miou:.4f}")
-        if ckpt.get("finished"):
-            if main_proc:
-                print(f"{run}: training already finished ({resume}); nothing to do")
-            return {"best_miou": best_miou, "history": history, "best_path": best_path, "skipped": True,
-                    "model": model, "criterion": criterion}
+    if path is None:
+        if os.path.isfile(last_path) and utils.is_main():
+            print(f"note: starting afresh; {last_path} of an earlier run will be replaced after the first epoch "
+                  "(stop now and add --resume auto to continue it instead)")
+        return
+    ckpt = utils.load_checkpoint(path)
+    check_compatible(ckpt, args, info, path)
+    check_same_recipe(ckpt, args, path, may_change)
+    state.load_state_dict(ckpt, path)
+    if utils.is_main():
+        print(f"resumed from {path}: epoch {state.epoch} done, best val mIoU {state.best_miou:.4f}")
 
+
+def wrap_for_training(model, criterion, args, device):
+    """DDP around the network and the loss's trainable parts (their gradients averaged), then torch.compile."""
     train_model = model
     if utils.is_dist():
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if extra is not None:  # the loss's trainable parts: their gradients are averaged too
-            criterion.wrap_trainable(lambda m: nn.parallel.DistributedDataParallel(
-                m, device_ids=[device.index] if device.type == "cuda" else None))
-    if args.compile:
-        train_model = torch.compile(train_model)
-    scheduler_step = scheduler.step if args.scheduler == "poly" else None
-    if rng_to_restore is not None:
-        utils.set_rng_state(rng_to_restore)
-
-    if main_proc:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"{run}: {args.model_name} ({n_params / 1e6:.2f}M params) on {info.name} "
-              f"({len(train_set)} train / {len(val_set)} val at {parse_size(args.img_size)}), device {device}, "
-              f"{utils.get_world_size()} process(es), epochs {start_epoch}..{args.epochs - 1}")
-
-    def state(epoch, finished):
-        return {
-            **checkpoint_meta(args, mode, info, extra_meta),
-            "model": model.state_dict(),
-            "criterion": extra.state_dict() if extra is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-            "early_stopping": {"best": best, "bad_epochs": bad_epochs, "monitor": args.monitor},
-            "epoch": epoch, "best_miou": best_miou, "history": history,
-            "rng": utils.rng_state(), "finished": finished,
-        }
-
-    epoch = start_epoch - 1
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            t0 = time.time()
-            train_loader.sampler.set_epoch(epoch)
-            parts = train_one_epoch(train_model, criterion, optimizer, train_loader, device, epoch,
-                                    autocast=autocast, scaler=scaler, scheduler_step=scheduler_step,
-                                    channels_last=args.channels_last, log_interval=args.log_interval,
-                                    progress=not args.no_progress)
-            utils.average_buffers(model)
-            cm, val_loss, _ = evaluate(model, val_loader, device, info.num_classes, info.ignore_index,
-                                       autocast=autocast, channels_last=args.channels_last,
-                                       progress=not args.no_progress)
-            res = cm.compute()
-            miou = res["miou"]
-            watched = miou if higher_is_better else val_loss
-            if args.scheduler == "plateau":
-                scheduler.step(watched)
-            score = watched if higher_is_better else -watched
-            improved = score > best + args.delta
-            if improved:
-                best, best_miou, bad_epochs = score, miou, 0
-            else:
-                bad_epochs += 1
-            stop = args.patience > 0 and bad_epochs >= args.patience
-            record = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}, "val_loss": val_loss,
-                      "val_miou": miou,
-                      "val_pixel_acc": res["pixel_acc"], "lr": optimizer.param_groups[0]["lr"],
-                      "epoch_time_s": round(time.time() - t0, 3)}
-            history.append(record)
-            finished = stop or epoch == args.epochs - 1
-            if main_proc:
-                if improved:
-                    utils.save_checkpoint({**checkpoint_meta(args, mode, info, extra_meta), "model": model.state_dict(),
-                                           "epoch": epoch, "best_miou": best_miou}, best_path)
-                utils.save_checkpoint(state(epoch, finished), last_path)
-                utils.append_jsonl(os.path.join(args.save_dir, f"{run}_log.jsonl"), record)
-                utils.plot_curves(history, os.path.join(args.save_dir, f"{run}_curves.png"),
-                                  title=f"{run}: {args.model_name} on {info.name}")
-                print(f"{run} epoch {epoch}: loss {parts['loss']:.4f}, val loss {val_loss:.4f}, val mIoU {miou:.4f} "
-                      f"(best {args.monitor}: {abs(best):.4f}), "
-                      f"lr {record['lr']:.2e}, {record['epoch_time_s']:.1f}s" + (" *" if improved else ""))
-            if stop:
-                if main_proc:
-                    print(f"early stopping: no val {args.monitor} improvement above {args.delta} for "
-                          f"{args.patience} epochs")
-                break
-    except KeyboardInterrupt:
-        if main_proc:
-            path = os.path.join(args.save_dir, f"{run}_interrupted.pth")
-            utils.save_checkpoint({**checkpoint_meta(args, mode, info, extra_meta), "model": model.state_dict(),
-                                   "epoch": epoch, "best_miou": best_miou}, path)
-            print(f"\ninterrupted: weights of the unfinished epoch saved to {path}; {last_path} (last complete "
-                  f"epoch) is intact: re-run the same command with --resume auto to continue", file=sys.stderr)
-        raise
-    if main_proc:
-        save_predictions(model, val_set, device, info, os.path.join(args.save_dir, f"{run}_predictions.png"),
-                         range(min(args.num_vis, len(val_set))), args.channels_last, title=f"{run}: {args.model_name}, last epoch")
-        print(f"{run}: best epoch by val {args.monitor}: val mIoU {best_miou:.4f}; weights in {best_path}")
-    return {"best_miou": best_miou, "history": history, "best_path": best_path, "skipped": False, "model": model,
-            "criterion": criterion}
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if criterion.trainable() is not None:
+            criterion.wrap_trainable(lambda m: nn.parallel.DistributedDataParallel(m, device_ids=ids))
+    return torch.compile(train_model) if args.compile else train_model
 
 
-def run_cli(main_fn, parser, rules=(), errors=()):
-    """Errors the user can fix print one message, not a stack trace. errors: the script's own such exception types."""
+def write_epoch(state, record, improved, paths, meta, args, run, info):
+    """Rank 0's files after an epoch: RUN_best.pth when it improved, RUN_last.pth, the log line, the curves."""
+    if improved:
+        write_checkpoint(paths["best.pth"], state, meta, full=False)
+    write_checkpoint(paths["last.pth"], state, meta)
+    utils.append_jsonl(paths["log.jsonl"], record)
+    utils.plot_curves(state.history, paths["curves.png"], title=f"{run}: {args.model_name} on {info.name}")
+    print(f"{run} epoch {record['epoch']}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+          f"val mIoU {record['val_miou']:.4f} (best {args.monitor}: {abs(state.best):.4f}), "
+          f"lr {record['lr']:.2e}, {record['epoch_time_s']:.1f}s" + (" *" if improved else ""))
+
+
+def run_cli(main_fn, parser, rules=()):
+    """Parse and check the flags (rules: the script's own, as (flag, ok, why)), then run main as a command."""
     args = parser.parse_args()
     check_args(args, parser, rules)
-    try:
-        main_fn(args)
-    except (DatasetError, utils.CheckpointError, NonFiniteLoss, *errors) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    utils.run_cli(main_fn, args)

@@ -23,20 +23,19 @@ import io
 import json
 import os
 import statistics
-import sys
 import time
 import warnings
 
 import torch
 
 import utils
-from dataset import DATASETS, MEAN, STD, DatasetError, parse_size
+from dataset import DATASETS, MEAN, STD, parse_size
 from model import load_trained
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
-class ExportError(RuntimeError):
+class ExportError(utils.UserError):
     """A bad flag or an exported file that cannot be used: the message says which and what to do."""
 
 
@@ -230,11 +229,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        result = main(get_args_parser().parse_args())
-    except (DatasetError, ExportError, utils.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(0 if result["ok"] else 1)
+    utils.run_cli(main, get_args_parser().parse_args(), exit_code=lambda result: 0 if result["ok"] else 1)

@@ -1,37 +1,88 @@
-"""Every loss of this repo: cross-entropy and the distillation methods, each owning its trainable parts.
+"""Every loss of this repo: cross-entropy, and the distillation methods in one registry.
 
 The contract between a loss and engine.py (DeiT's DistillationLoss: distillation is a loss, not a loop):
-  needs_features        True: the engine calls the student as student(x, return_features=True) -> (logits, feats);
-                        False: student(x) -> logits; "logits8" (model.LOGITS8): student(x, return_features="logits8")
-                        -> (logits, feats, stride-8 logits before upsampling), for CWD and DIST
+  needs                 what the loss reads from the network besides its logits, a frozenset of OUTPUTS names:
+                        "features" (its feature maps) and "logits8" (its stride-8 logits before upsampling); the
+                        engine asks the network for exactly that (model.forward_flag)
   forward(images, outputs, targets) -> {"loss": total, <part>: detached value, ...}; the engine logs every part
-  trainable()           an nn.Module of what the loss trains beside the student (alignment convs ...) or None: the
-                        engine adds its parameters to the optimizer, saves and restores its state in RUN_last.pth
-                        (never in RUN_best.pth, which holds the student alone), and hands it to wrap_trainable
-  wrap_trainable(wrap)  called once under DDP with wrap(module) -> DDP(module): the loss calls what wrap returned,
-                        so the gradients of its trainable parts are averaged across processes
-The frozen teacher is an attribute of a distillation loss, outside all of that: not trainable, not saved, never
-wrapped (teacher/ freezes it).
+  trainable()           an nn.Module of what the loss trains beside the network (alignment convs ...) or None: the
+                        engine adds its parameters to the optimizer and saves them in RUN_last.pth (never in
+                        RUN_best.pth, which holds the network alone)
+  wrap_trainable(wrap)  called once under DDP with wrap(module) -> DDP(module), so the gradients of those parts are
+                        averaged across processes
 
-Methods combine (train_kd.py --kd_method response,cwd): each method is one class exposing the same small surface,
-`part` (its log key), `needs` (what it compares: "logits" at input size, "logits8" at stride 8, or "features"),
-`weight`, `term(student_side, teacher_side)` -> a float32 scalar, and trainable() / wrap_trainable() as above.
-DistillationLoss asks the teacher once per step for what its methods need and returns
-w_ce * CE + sum of weight * term, every term logged. ResponseKDLoss and FeatureKDLoss are also whole losses on their
-own (the original's two, unchanged: train_kd.py uses them alone when either is the only method).
+A distillation method is one class here, registered with @register. It declares
+  name       its --kd_method name;                 part   its log key (train_<part> in RUN_log.jsonl)
+  needs      the outputs it compares, a frozenset of OUTPUTS (its term gets that output of each network; a method
+             that needs several gets dicts keyed by name)
+  flags      its command-line flags, each a Flag(name, default, help, source of the default, ...); two methods may
+             share a Flag object (response and feature share --alpha and --kd_reduction)
+  weighs_ce  True for the original's two: the method is weighted alpha and the cross-entropy 1 - alpha
+and implements from_args(args, student, teacher) -> an instance, term(student_side, teacher_side) -> a float32
+scalar, and, when it trains something beside the student, trainable() / wrap_trainable(). train_kd.py builds its
+flags, their checks, its help and its list of methods from METHODS, so adding a method touches no other file.
+
+DistillationLoss asks the frozen teacher once per step for what its methods need and returns
+w_ce * CE + sum of weight * term, every term logged; w_ce = 1 - alpha when a method that weighs_ce is listed, else 1.
+The teacher is an attribute of that loss, outside everything trainable: not trained, not saved, never wrapped.
 """
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import LOGITS8
+from utils import UserError
 
+OUTPUTS = ("logits", "logits8", "features")  # what a network (student or teacher) can be asked for
 REDUCTIONS = ("original", "pixel")
 LAST_PAIR = 2  # the feature methods' pair: feature KD's third, student stride-32 trunk vs teacher layer3 / light trunk
 
 
+class LossError(UserError):
+    """A method that cannot be built for these networks or flags (the command line prints it as one line)."""
+
+
+# --------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag of a method: --NAME with this default and help; `source` says where the default comes
+    from; check(value) -> bool with `why` the message when it is False; choices as argparse's."""
+    name: str
+    default: Any
+    help: str
+    source: str = ""
+    type: Callable = float
+    check: Optional[Callable[[Any], bool]] = None
+    why: str = ""
+    choices: Optional[tuple] = None
+
+
+METHODS = {}  # --kd_method name -> Method subclass, in registration order
+
+
+def register(cls):
+    """Class decorator: add a Method subclass to METHODS under cls.name."""
+    if not cls.name or cls.name in METHODS:
+        raise ValueError(f"register: method name {cls.name!r} is empty or taken")
+    if not cls.part or not cls.needs or not set(cls.needs) <= set(OUTPUTS):
+        raise ValueError(f"register: {cls.__name__} needs a part (log key) and needs drawn from {OUTPUTS}")
+    for f in cls.flags:
+        other = all_flags().get(f.name)
+        if other is not None and other is not f:
+            raise ValueError(f"register: --{f.name} of {cls.name} is declared by another method with other settings")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def all_flags():
+    """{flag name: Flag} over every registered method, each shared flag once."""
+    return {f.name: f for cls in METHODS.values() for f in cls.flags}
+
+
 class Loss(nn.Module):
-    needs_features = False
+    needs = frozenset()
 
     def trainable(self):
         return None
@@ -40,6 +91,56 @@ class Loss(nn.Module):
         return None
 
 
+class Method(Loss):
+    """One distillation method (see the module docstring): weight * term(student_side, teacher_side)."""
+
+    name, part, summary = "", "", ""
+    flags = ()
+    weighs_ce = False
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        raise NotImplementedError
+
+    def term(self, student_side, teacher_side):
+        raise NotImplementedError
+
+
+def nonneg(v):
+    return v is None or v >= 0
+
+
+def positive(v):
+    return v > 0
+
+
+ALPHA = Flag("alpha", 0.5, "response/feature: weight of their terms, in [0, 1]; CE is weighted 1 - alpha when either "
+             "is listed (else 1)", "the original train_kd.py", check=lambda v: 0.0 <= v <= 1.0,
+             why="must be in [0, 1] (the weight of the distillation term)")
+KD_REDUCTION = Flag("kd_reduction", "original",
+                    "original: the original's scale (response: KL summed over classes and pixels, divided by the "
+                    "batch size, times T^2; feature: the three pair terms added); pixel: response KL averaged over "
+                    "pixels, feature pair terms averaged (CIRKD/MMRazor; no image-size dependence)",
+                    "the original", type=str, choices=REDUCTIONS)
+
+
+def _to_grid(x, size):
+    """Bilinear resize to `size` (H, W) when the grids differ (odd input sizes can round the two strides apart)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
+                                                                        align_corners=False)
+
+
+def _trainable_attr(module, name):
+    """The callable behind `name`: the DDP wrapper once wrap_trainable has run, else the module. Kept past
+    nn.Module's registry so that the wrapper adds no second copy of the weights to state_dict()."""
+    object.__setattr__(module, "_" + name, getattr(module, name))
+
+
+# --------------------------------------------------------------------------- the original's two
 class SegmentationLoss(Loss):
     """Cross-entropy with the ignore label."""
 
@@ -52,13 +153,9 @@ class SegmentationLoss(Loss):
         return {"loss": F.cross_entropy(logits.float(), targets, ignore_index=self.ignore_index)}
 
 
-def _check_reduction(reduction):
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
-
-
-class ResponseKDLoss(Loss):
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE  (Hinton et al., 2015).
+@register
+class ResponseKD(Method):
+    """T^2 * KL(teacher_T || student_T) on the logits (Hinton et al., 2015), weighted alpha.
 
     reduction "original" (the default, the original project's): nn.KLDivLoss(reduction="batchmean") on the
     (N, C, H, W) logits, i.e. the KL summed over classes and pixels and divided by N, so the term grows with the
@@ -66,40 +163,27 @@ class ResponseKDLoss(Loss):
     ones too, as CIRKD and MMRazor do: the teacher has an opinion there), a scale independent of the image size.
     """
 
-    part, needs = "kd", "logits"  # as a method of DistillationLoss: alpha * kd_term
+    name, part, needs, weighs_ce = "response", "kd", frozenset({"logits"}), True
+    summary = "KL on the logits (the original's)"
+    flags = (ALPHA, Flag("temperature", 2.0, "softmax temperature of response KD", "the original",
+                         check=positive, why="must be > 0"), KD_REDUCTION)
 
-    def __init__(self, teacher, alpha=0.5, temperature=2.0, ignore_index=255, reduction="original"):
-        super().__init__()
-        _check_reduction(reduction)
-        self.teacher, self.alpha, self.T, self.reduction = teacher, alpha, temperature, reduction
-        self.ce = SegmentationLoss(ignore_index)
+    def __init__(self, weight=0.5, temperature=2.0, reduction="original"):
+        super().__init__(weight)
+        if reduction not in REDUCTIONS:
+            raise LossError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
+        self.T, self.reduction = temperature, reduction
 
-    @property
-    def weight(self):
-        return self.alpha
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(args.alpha, args.temperature, args.kd_reduction)
 
     def term(self, student_logits, teacher_logits):
-        return self.kd_term(student_logits, teacher_logits)
-
-    def kd_term(self, student_logits, teacher_logits):
         s, t = student_logits.float(), teacher_logits.float()
         kl = F.kl_div(F.log_softmax(s / self.T, dim=1), F.log_softmax(t / self.T, dim=1), reduction="sum",
                       log_target=True)
         per = s.shape[0] if self.reduction == "original" else s.numel() // s.shape[1]
         return kl * (self.T * self.T / per)
-
-    def forward(self, images, outputs, targets):
-        ce = self.ce(images, outputs, targets)["loss"]
-        if self.alpha == 0:  # the scratch recipe exactly: the teacher is not even run
-            return {"loss": ce, "ce": ce.detach(), "kd": torch.zeros_like(ce)}
-        kd = self.kd_term(outputs, self.teacher(images, need="logits"))
-        return {"loss": self.alpha * kd + (1 - self.alpha) * ce, "ce": ce.detach(), "kd": kd.detach()}
-
-
-def _to_grid(x, size):
-    """Bilinear resize to `size` (H, W) when the grids differ (odd input sizes can round the two strides apart)."""
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
-                                                                        align_corners=False)
 
 
 class Align(nn.Module):
@@ -113,36 +197,34 @@ class Align(nn.Module):
         return [conv(f) for conv, f in zip(self.convs, feats)]
 
 
-class FeatureKDLoss(Loss):
-    """alpha * sum_k (1 - cos(align_k(s_k), t_k)) + (1 - alpha) * CE, the original's feature distillation.
+@register
+class FeatureKD(Method):
+    """sum_k (1 - cos(align_k(s_k), t_k)), the original's feature distillation, weighted alpha.
 
     Pairs: student stride-4, stride-8 and last-trunk features with teacher layer1, layer2, layer3. Student
-    features are resized (bilinear) to the teacher's size, projected by a 1x1 conv to the teacher's width, and
+    features are projected by a 1x1 conv to the teacher's width, resized (bilinear) to the teacher's size, and
     compared by cosine similarity over channels at every pixel, averaged over pixels. reduction "original" (the
     default) adds the three pair terms, as the original did; "pixel" averages them (CIRKD's and MMRazor's habit).
-    The alignment convs are this loss's trainable part, not the student's.
+    The alignment convs are this method's trainable part, not the student's.
     """
 
-    needs_features = True
-    part, needs = "feat", "features"  # as a method of DistillationLoss: alpha * feature_term
+    name, part, needs, weighs_ce = "feature", "feat", frozenset({"features"}), True
+    summary = "cosine of aligned features (the original's)"
+    flags = (ALPHA, KD_REDUCTION)
 
-    def __init__(self, teacher, student_channels, alpha=0.5, ignore_index=255, reduction="original",
-                 teacher_channels=None):
-        super().__init__()
-        _check_reduction(reduction)
-        self.teacher, self.alpha, self.reduction = teacher, alpha, reduction
-        self.ce = SegmentationLoss(ignore_index)
-        t_channels = tuple(teacher_channels or teacher.feature_channels)[:3]
+    def __init__(self, student_channels, teacher_channels, weight=0.5, reduction="original"):
+        super().__init__(weight)
+        if reduction not in REDUCTIONS:
+            raise LossError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
         if len(student_channels) != 3:
-            raise ValueError(f"feature KD needs 3 student feature maps, the student gives {len(student_channels)}")
-        self.align = Align(student_channels, t_channels)
-        # What forward calls: the DDP wrapper once wrap_trainable has run. Set past nn.Module's registry so that
-        # the wrapper adds no second copy of the weights to state_dict().
-        object.__setattr__(self, "_align", self.align)
+            raise LossError(f"feature KD needs 3 student feature maps, the student gives {len(student_channels)}")
+        self.reduction = reduction
+        self.align = Align(student_channels, tuple(teacher_channels)[:3])
+        _trainable_attr(self, "align")
 
-    @property
-    def weight(self):
-        return self.alpha
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(student.feature_channels, teacher.feature_channels, args.alpha, args.kd_reduction)
 
     def trainable(self):
         return self.align
@@ -151,9 +233,6 @@ class FeatureKDLoss(Loss):
         object.__setattr__(self, "_align", wrap(self.align))
 
     def term(self, student_feats, teacher_feats):
-        return self.feature_term(student_feats, teacher_feats)
-
-    def feature_term(self, student_feats, teacher_feats):
         # Project, then resize: a 1x1 conv commutes with bilinear interpolation, and projecting the stride-32 map
         # before enlarging it to stride 8 costs 16x fewer multiply-adds for the same result.
         aligned = [_to_grid(a, t.shape[-2:]) for a, t in zip(self._align(student_feats), teacher_feats)]
@@ -161,38 +240,27 @@ class FeatureKDLoss(Loss):
                              for a, t in zip(aligned, teacher_feats)])
         return terms.sum() if self.reduction == "original" else terms.mean()
 
-    def forward(self, images, outputs, targets):
-        logits, feats = outputs
-        ce = self.ce(images, logits, targets)["loss"]
-        if self.alpha == 0:
-            return {"loss": ce, "ce": ce.detach(), "feat": torch.zeros_like(ce)}
-        feat = self.feature_term(feats, self.teacher(images, need="features"))
-        return {"loss": self.alpha * feat + (1 - self.alpha) * ce, "ce": ce.detach(), "feat": feat.detach()}
-
 
 # --------------------------------------------------------------------------- the methods the field uses
-class Term(Loss):
-    """One distillation method inside DistillationLoss (see the module docstring): part, needs, weight, term();
-    trainable() and wrap_trainable() as for a whole loss."""
-
-    part, needs = "", "logits8"
-
-    def __init__(self, weight):
-        super().__init__()
-        self.weight = weight
-
-
-class ChannelWiseKD(Term):
+@register
+class ChannelWiseKD(Method):
     """CWD (Shu et al., ICCV 2021; CIRKD losses/cwd.py CriterionCWD, MMRazor ChannelWiseDivergence).
 
     Stride-8 logits (B, K, h, w) as B*K rows of h*w positions; softmax over the positions of each channel at
     temperature tau; KL(teacher || student) summed over positions, divided by B*K, times tau^2."""
 
-    part = "cwd"
+    name, part, needs = "cwd", "cwd", frozenset({"logits8"})
+    summary = "channel-wise KL on the stride-8 logits"
+    flags = (Flag("w_cwd", 3.0, "CWD weight", "the paper and CIRKD", check=nonneg, why="must be >= 0"),
+             Flag("cwd_tau", 4.0, "CWD temperature", "the paper and CIRKD", check=positive, why="must be > 0"))
 
     def __init__(self, weight=3.0, tau=4.0):
         super().__init__(weight)
         self.tau = tau
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(args.w_cwd, args.cwd_tau)
 
     def term(self, student_logits, teacher_logits):
         t = teacher_logits.float()
@@ -210,7 +278,8 @@ def _pearson_rows(a, b, eps=1e-8):
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-class DISTKD(Term):
+@register
+class DISTKD(Method):
     """DIST (Huang et al., NeurIPS 2022; DIST_KD segmentation/losses/dist_kd.py).
 
     p = softmax(z / tau) over classes as N = B*h*w rows of K columns, for student and teacher;
@@ -219,11 +288,20 @@ class DISTKD(Term):
     loss = tau^2 (beta inter + gamma intra). Under DDP the columns hold this process's pixels only (as in the
     reference): intra is computed per process, and the gradients are averaged."""
 
-    part = "dist"
+    name, part, needs = "dist", "dist", frozenset({"logits8"})
+    summary = "Pearson correlations on the stride-8 logits"
+    flags = (Flag("w_dist", 1.0, "DIST weight", "the paper", check=nonneg, why="must be >= 0"),
+             Flag("dist_tau", 1.0, "DIST temperature", "the paper", check=positive, why="must be > 0"),
+             Flag("dist_beta", 1.0, "DIST inter-class (per pixel) weight", "the paper"),
+             Flag("dist_gamma", 1.0, "DIST intra-class (per class) weight", "the paper"))
 
     def __init__(self, weight=1.0, tau=1.0, beta=1.0, gamma=1.0):
         super().__init__(weight)
         self.tau, self.beta, self.gamma = tau, beta, gamma
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(args.w_dist, args.dist_tau, args.dist_beta, args.dist_gamma)
 
     def term(self, student_logits, teacher_logits):
         t = teacher_logits.float()
@@ -245,11 +323,19 @@ def attention_map(f, size=None):
     return F.normalize(a.flatten(1), dim=1)
 
 
-class AttentionTransfer(Term):
+@register
+class AttentionTransfer(Method):
     """AT (Zagoruyko and Komodakis, ICLR 2017; CIRKD losses/at.py) on the last feature pair:
     mean over images and positions of (a(f_s) - a(f_t))^2, the student's map resized to the teacher's grid."""
 
-    part, needs = "at", "features"
+    name, part, needs = "at", "at", frozenset({"features"})
+    summary = "attention maps of the last feature pair"
+    flags = (Flag("w_at", 1000.0, "attention transfer weight (the AT paper's beta)", "the AT paper's beta",
+                  check=nonneg, why="must be >= 0"),)
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(args.w_at)
 
     def term(self, student_feats, teacher_feats):
         t = teacher_feats[LAST_PAIR]
@@ -265,7 +351,8 @@ def affinity_grid(student_hw, teacher_hw, max_positions):
     return h, w
 
 
-class PairwiseAffinityKD(Term):
+@register
+class PairwiseAffinityKD(Method):
     """Pixel-pair affinity across the images of the batch (CIRKD losses/cirkd_mini_batch.py, its mini-batch term).
 
     The last feature of each network, average-pooled to one grid of P <= max_positions positions, L2-normalised over
@@ -273,11 +360,20 @@ class PairwiseAffinityKD(Term):
     softmaxes at temperature tau, averaged over the P rows (batchmean), summed over the B^2 pairs, divided by B^2.
     The widths may differ: each network's S is its own."""
 
-    part, needs = "affinity", "features"
+    name, part, needs = "affinity", "affinity", frozenset({"features"})
+    summary = "pixel-pair similarities across the batch, last feature pair"
+    flags = (Flag("w_affinity", 1.0, "pixel-pair affinity weight", "CIRKD", check=nonneg, why="must be >= 0"),
+             Flag("affinity_tau", 0.1, "affinity softmax temperature", "CIRKD", check=positive, why="must be > 0"),
+             Flag("affinity_positions", 1024, "affinity: at most this many pooled positions per image (its matrices "
+                  "are positions^2)", "this repo (memory)", type=int, check=lambda v: v >= 1, why="must be >= 1"))
 
     def __init__(self, weight=1.0, tau=0.1, max_positions=1024):
         super().__init__(weight)
         self.tau, self.max_positions = tau, max_positions
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(args.w_affinity, args.affinity_tau, args.affinity_positions)
 
     def term(self, student_feats, teacher_feats):
         s, t = student_feats[LAST_PAIR].float(), teacher_feats[LAST_PAIR].float()
@@ -319,7 +415,8 @@ def mgd_default_weight(teacher_channels):
     return 2e-5 * 512 / teacher_channels
 
 
-class MaskedGenerativeKD(Term):
+@register
+class MaskedGenerativeKD(Method):
     """MGD (Yang et al., ECCV 2022; the feature-reconstruction part of Af-DCD) on the last feature pair.
 
     A random mask keeps `keep` of the teacher grid's positions (all channels of a kept position), zeroing the rest;
@@ -328,13 +425,26 @@ class MaskedGenerativeKD(Term):
     the checkpoints save, so a resumed run draws the same masks. hidden: the generator's middle width (0: the
     teacher's width, as the paper; 256 by default to keep two 3x3 convs at 1024 channels on a stride-8 grid cheap)."""
 
-    part, needs = "mgd", "features"
+    name, part, needs = "mgd", "mgd", frozenset({"features"})
+    summary = "masked generation of the last teacher feature"
+    flags = (Flag("w_mgd", None, "MGD weight (default: MGD's 2e-5 at 512 channels, per teacher channel: "
+                  "2e-5 * 512 / C, 1e-5 for ResNet layer3, 8e-6 for the light teacher)", "the paper, per channel",
+                  check=nonneg, why="must be >= 0"),
+             Flag("mgd_keep", 0.25, "MGD: share of the positions the mask keeps", "this repo",
+                  check=lambda v: 0 < v <= 1, why="must be in (0, 1]"),
+             Flag("mgd_hidden", 256, "MGD generator's middle width (0: the teacher's width, as the paper)",
+                  "this repo (speed)", type=int, check=lambda v: v >= 0, why="must be >= 0 (0: the teacher's width)"))
 
     def __init__(self, student_channels, teacher_channels, weight=None, keep=0.25, hidden=256):
         super().__init__(mgd_default_weight(teacher_channels) if weight is None else weight)
         self.keep = keep
         self.generator = MGDGenerator(student_channels, teacher_channels, hidden)
-        object.__setattr__(self, "_generator", self.generator)  # the DDP wrapper once wrapped (see FeatureKDLoss)
+        _trainable_attr(self, "generator")
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(student.feature_channels[LAST_PAIR], teacher.feature_channels[LAST_PAIR], args.w_mgd,
+                   args.mgd_keep, args.mgd_hidden)
 
     def trainable(self):
         return self.generator
@@ -350,20 +460,20 @@ class MaskedGenerativeKD(Term):
         return (generated.float() - t.float()).pow(2).sum() / b
 
 
+# --------------------------------------------------------------------------- the loss the engine runs
 class DistillationLoss(Loss):
     """w_ce * CE + sum over methods of weight * term, the teacher asked once per step for what the methods need.
 
-    methods: {name: method} (the classes above, ResponseKDLoss and FeatureKDLoss included, built without a teacher).
-    Returns {"loss", "ce", <each method's part>}. trainable(): every method's trainable part, by method name."""
+    methods: {name: Method}. Returns {"loss", "ce", <each method's part>}. A method weighted 0 is not computed (its
+    part is logged as 0), and when every method is, the teacher is not run: the cross-entropy run exactly.
+    trainable(): every method's trainable part, by method name."""
 
     def __init__(self, teacher, methods, w_ce=1.0, ignore_index=255):
         super().__init__()
         self.teacher, self.w_ce = teacher, w_ce
         self.ce = SegmentationLoss(ignore_index)
         self.methods = nn.ModuleDict(methods)
-        needs = {m.needs for m in self.methods.values()}
-        self.teacher_needs = tuple(n for n in ("logits", "logits8", "features") if n in needs)
-        self.needs_features = LOGITS8 if "logits8" in needs else "features" in needs
+        self.needs = frozenset().union(*(m.needs for m in self.methods.values())) - {"logits"}
         parts = {name: m.trainable() for name, m in self.methods.items() if m.trainable() is not None}
         # The same modules as under self.methods: kept off nn.Module's registry so state_dict() holds them once.
         object.__setattr__(self, "_trainable", nn.ModuleDict(parts) if parts else None)
@@ -375,6 +485,10 @@ class DistillationLoss(Loss):
         for m in self.methods.values():  # one DDP wrapper per part, each called once per step
             m.wrap_trainable(wrap)
 
+    @staticmethod
+    def _side(outputs, needs):
+        return outputs[next(iter(needs))] if len(needs) == 1 else {n: outputs[n] for n in needs}
+
     def forward(self, images, outputs, targets):
         logits = outputs[0] if isinstance(outputs, tuple) else outputs
         student = {"logits": logits}
@@ -382,11 +496,31 @@ class DistillationLoss(Loss):
             student["features"] = outputs[1]
             if len(outputs) > 2:
                 student["logits8"] = outputs[2]
-        teacher = dict(zip(self.teacher_needs, self.teacher(images, need=self.teacher_needs)))
+        active = [m for m in self.methods.values() if m.weight != 0]
+        asked = tuple(n for n in OUTPUTS if any(n in m.needs for m in active))
+        teacher = dict(zip(asked, self.teacher(images, need=asked))) if asked else {}
         ce = self.ce(images, logits, targets)["loss"]
         total, parts = self.w_ce * ce, {"ce": ce.detach()}
         for m in self.methods.values():
-            value = m.term(student[m.needs], teacher[m.needs])
+            if m.weight == 0:
+                parts[m.part] = torch.zeros_like(ce)
+                continue
+            value = m.term(self._side(student, m.needs), self._side(teacher, m.needs))
             total = total + m.weight * value
             parts[m.part] = value.detach()
         return {"loss": total, **parts}
+
+
+def build_loss(names, teacher, student, args, ignore_index=255):
+    """The DistillationLoss of the methods `names` (--kd_method), each built from its flags in args."""
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise LossError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    methods = {}
+    for name in names:
+        cls = METHODS[name]
+        if "features" in cls.needs and getattr(student, "feature_channels", None) is None:
+            raise LossError(f"--model_name {args.model_name} exposes no feature maps for --kd_method {name}")
+        methods[name] = cls.from_args(args, student, teacher)
+    w_ce = 1 - args.alpha if any(m.weighs_ce for m in methods.values()) else 1.0
+    return DistillationLoss(teacher, methods, w_ce, ignore_index)

@@ -30,6 +30,11 @@ FEATURE_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of a ResNet50/101
 LOGITS8 = "logits8"  # forward(x, return_features=LOGITS8) -> (logits, features, stride-8 logits)
 
 
+def forward_flag(needs):
+    """The return_features value under which a network's forward returns what a loss `needs` (losses.OUTPUTS)."""
+    return LOGITS8 if "logits8" in needs else "features" in needs
+
+
 class TappedSegNet(nn.Module):
     """A torchvision ResNet segmentation net that also returns its layer1..layer4 features.
 

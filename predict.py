@@ -227,11 +227,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        result = main(get_args_parser().parse_args())
-    except (DatasetError, utils.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(1 if result["failed"] else 0)
+    utils.run_cli(main, get_args_parser().parse_args(), exit_code=lambda result: 1 if result["failed"] else 0)

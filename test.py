@@ -23,7 +23,7 @@ from dataset import DATASETS, add_data_args, build_dataset, parse_size
 from engine import evaluate, make_autocast, run_cli, save_predictions
 from fast import setup_backends
 from model import TEACHER_ARCHS, load_trained
-from teacher import TeacherError, load_teacher
+from teacher import load_teacher
 
 MODES = ("teacher", "regular", "response", "feature")
 CSV_COLUMNS = ("training_mode", "mIoU_with_ignore", "mIoU_without_ignore", "avg_inference_time_ms")
@@ -126,4 +126,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser(), errors=(TeacherError,))
+    run_cli(main, get_args_parser())

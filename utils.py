@@ -10,6 +10,8 @@ import json
 import math
 import os
 import random
+import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -72,10 +74,51 @@ class ConfusionMatrix:
         return {"miou": miou, "pixel_acc": acc, "iou": iou.tolist(), "miou_clamped": miou_c}
 
 
+# --------------------------------------------------------------------------- errors the user can fix
+class UserError(RuntimeError):
+    """An error the user can fix (a bad file, flag or folder): a command line prints its message as one line and
+    exits 2 (run_cli). The scripts' own error types derive from it."""
+
+
+class WriteError(UserError):
+    """A file could not be written (a full disk, a read-only folder); the file it would have replaced is intact."""
+
+
+def run_cli(main_fn, args, exit_code=None):
+    """Run a script's main(args) as a command: a UserError prints one line and exits 2, Ctrl-C exits 130; a finished
+    run exits exit_code(result) (default 0)."""
+    try:
+        result = main_fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(exit_code(result) if exit_code else 0)
+
+
+def _free_space(folder):
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    return f"{free / 2**20:.1f} MiB" if free >= 2**20 else f"{free} bytes"
+
+
 # --------------------------------------------------------------------------- files
 def atomic_write_bytes(path, data: bytes):
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a file. An OSError (a full
+    disk, say) becomes a WriteError naming the file and the space left; the file it would replace is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        _atomic_write(path, folder, data)
+    except OSError as e:
+        raise WriteError(f"could not write {path}: {e.strerror or e} ({_free_space(folder)} free on that "
+                         "filesystem); free some space or choose another folder (--save_dir), then run the same "
+                         "command again") from None
+
+
+def _atomic_write(path, folder, data):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
@@ -124,7 +167,7 @@ def append_csv_row(path, row: dict, first_columns=()):
     atomic_write_text(path, buf.getvalue())
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     pass
 
 

@@ -18,7 +18,7 @@ from torchvision.models.segmentation import (
 
 from fast import use_winograd
 from model import LOGITS8, build_model
-from utils import load_checkpoint
+from utils import UserError, load_checkpoint
 
 # Construction runs one way: this package builds its networks with model.py's registry; model.py never imports it.
 VOC_WEIGHTS = {  # torchvision's COCO_WITH_VOC_LABELS_V1 weights (21 VOC classes), by architecture
@@ -29,7 +29,7 @@ VOC_WEIGHTS = {  # torchvision's COCO_WITH_VOC_LABELS_V1 weights (21 VOC classes
 ARCHS = tuple(VOC_WEIGHTS)
 
 
-class TeacherError(RuntimeError):
+class TeacherError(UserError):
     pass
 
 
@@ -59,7 +59,9 @@ class FrozenTeacher(nn.Module):
         unknown = set(names) - {"logits", "logits8", "features"}
         if unknown:
             raise ValueError(f"FrozenTeacher: need {sorted(unknown)} unknown; ask for logits, logits8 or features")
-        if set(names) == {"features"}:
+        if set(names) == {"logits"}:
+            got = {"logits": self.net(x)}
+        elif set(names) == {"features"}:
             got = {"features": self.net(x, return_features=True, upto=3)[1]}
         else:
             logits, feats, logits8 = self.net(x, return_features=LOGITS8)

@@ -96,7 +96,7 @@ def test_bad_flags_are_one_clear_message(module, argv, expected, synthetic_root,
 
     mod = importlib.import_module(module)
     monkeypatch.setattr(sys, "argv", [module + ".py", *argv, "--root_dir", synthetic_root])
-    rules = getattr(mod, "RULES", ())
+    rules = mod.rules() if hasattr(mod, "rules") else ()
     with pytest.raises(SystemExit) as exit_:
         from engine import run_cli as engine_run_cli
 
@@ -235,3 +235,33 @@ def test_experiments_recipe_runs_and_skips_finished_steps(torch_home, tmp_path):
     assert first.stdout.count("already finished") == 0
     again = run_cli([*args, "--modes", "teacher,regular"], tmp_path, torch_home, timeout=600)
     assert again.stdout.count("already finished") == 2  # each asked-for step is skipped, not retrained
+
+
+def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch, capsys):
+    """A write that fails with ENOSPC in epoch 1 (made to, not by filling a disk): one line naming the file and the
+    space left, exit 2, and RUN_last.pth still the complete epoch 0."""
+    import errno
+
+    import train
+    import utils
+
+    real = utils._atomic_write
+
+    def full_after_first_epoch(path, folder, data):
+        if path.endswith("regular_last.pth") and os.path.exists(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path + ".tmp")
+        return real(path, folder, data)
+
+    monkeypatch.setattr(utils, "_atomic_write", full_after_first_epoch)
+    args = train.get_args_parser().parse_args(["--root_dir", synthetic_root, "--epochs", "3", *SMALL, "--num_vis",
+                                               "0", "--save_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        utils.run_cli(train.main, args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"error: could not write {tmp_path / 'regular_last.pth'}: No space left on device (")
+    assert "free on that filesystem" in err
+    last = torch.load(tmp_path / "regular_last.pth", weights_only=True)
+    assert last["epoch"] == 0 and not last["finished"]
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]

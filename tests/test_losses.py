@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses import FeatureKDLoss, ResponseKDLoss, SegmentationLoss
+from losses import DistillationLoss, FeatureKD, ResponseKD, SegmentationLoss
+from model import forward_flag
 from model import TappedSegNet
 from teacher import FrozenTeacher
 
@@ -22,7 +23,13 @@ class FixedTeacher(nn.Module):
 
     def forward(self, x, need="logits"):
         self.calls += 1
-        return self.feats if need == "features" else self.logits
+        got = {"features": self.feats, "logits": self.logits}
+        return got[need] if isinstance(need, str) else tuple(got[n] for n in need)
+
+
+def whole(teacher, method):
+    """One of the original's two as the whole loss train_kd.py builds: alpha * term + (1 - alpha) * CE."""
+    return DistillationLoss(teacher, {method.name: method}, w_ce=1 - method.weight)
 
 
 def hand_kd(s, t, T):
@@ -40,22 +47,22 @@ def test_response_kd_matches_hand_computation():
     torch.manual_seed(0)
     s, t = torch.randn(2, 5, 6, 7), torch.randn(2, 5, 6, 7) * 3
     for T in (1.0, 2.0, 4.0):
-        loss = ResponseKDLoss(FixedTeacher(t), alpha=1.0, temperature=T, reduction="pixel").kd_term(s, t)
+        loss = ResponseKD(1.0, T, "pixel").term(s, t)
         assert abs(loss.item() - hand_kd(s, t, T)) < 1e-5
         # the original's batchmean: the same sum, divided by the batch size instead of the pixel count
-        orig = ResponseKDLoss(FixedTeacher(t), alpha=1.0, temperature=T).kd_term(s, t)
+        orig = ResponseKD(1.0, T).term(s, t)
         assert abs(orig.item() - hand_kd(s, t, T) * 6 * 7) < 1e-5 * 6 * 7
 
 
 def test_response_kd_zero_when_logits_match():
     t = torch.randn(2, 5, 8, 8)
-    assert abs(ResponseKDLoss(FixedTeacher(t), temperature=4).kd_term(t.clone(), t).item()) < 1e-6
+    assert abs(ResponseKD(temperature=4).term(t.clone(), t).item()) < 1e-6
 
 
 def test_response_kd_is_per_pixel_independent_of_image_size():
     torch.manual_seed(1)
     s, t = torch.randn(1, 5, 4, 4), torch.randn(1, 5, 4, 4)
-    loss = ResponseKDLoss(FixedTeacher(t), temperature=2, reduction="pixel").kd_term
+    loss = ResponseKD(temperature=2, reduction="pixel").term
     small = loss(s, t)
     big = loss(s.repeat(1, 1, 8, 8), t.repeat(1, 1, 8, 8))  # the same pixels, 64 times as many
     assert abs(small.item() - big.item()) < 1e-6
@@ -66,7 +73,7 @@ def test_response_blend_and_ignore():
     s, t = torch.randn(2, 5, 6, 6), torch.randn(2, 5, 6, 6)
     target = torch.randint(0, 5, (2, 6, 6))
     target[:, 0] = 255
-    crit = ResponseKDLoss(FixedTeacher(t), alpha=0.3, temperature=4, reduction="pixel")
+    crit = whole(FixedTeacher(t), ResponseKD(0.3, 4, "pixel"))
     out = crit(None, s, target)
     ce = F.cross_entropy(s, target, ignore_index=255)
     assert abs(out["loss"].item() - (0.3 * hand_kd(s, t, 4) + 0.7 * ce.item())) < 1e-5
@@ -77,7 +84,7 @@ def test_alpha_zero_is_plain_cross_entropy_and_skips_the_teacher():
     s = torch.randn(2, 5, 6, 6)
     target = torch.randint(0, 5, (2, 6, 6))
     teacher = FixedTeacher(torch.randn(2, 5, 6, 6))
-    out = ResponseKDLoss(teacher, alpha=0.0)(None, s, target)
+    out = whole(teacher, ResponseKD(0.0))(None, s, target)
     assert out["loss"].item() == SegmentationLoss()(None, s, target)["loss"].item()
     assert teacher.calls == 0
 
@@ -99,10 +106,10 @@ def test_feature_kd_matches_hand_computation():
     torch.manual_seed(3)
     t_feats = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4), torch.randn(2, 8, 4, 4)]
     s_feats = [torch.randn(2, 3, 8, 8), torch.randn(2, 5, 4, 4), torch.randn(2, 7, 2, 2)]  # last one resized
-    crit = FeatureKDLoss(FixedTeacher(feats=t_feats), (3, 5, 7), alpha=0.4, reduction="pixel")
+    crit = whole(FixedTeacher(feats=t_feats), FeatureKD((3, 5, 7), (4, 6, 8), 0.4, "pixel"))
     logits, target = torch.randn(2, 5, 16, 16), torch.randint(0, 5, (2, 16, 16))
     out = crit(None, (logits, s_feats), target)
-    feat = hand_feature(s_feats, t_feats, crit.align)
+    feat = hand_feature(s_feats, t_feats, crit.methods["feature"].align)
     assert abs(out["feat"].item() - feat) < 1e-5
     ce = F.cross_entropy(logits, target, ignore_index=255).item()
     assert abs(out["loss"].item() - (0.4 * feat + 0.6 * ce)) < 1e-5
@@ -110,9 +117,9 @@ def test_feature_kd_matches_hand_computation():
 
 def test_feature_kd_zero_when_aligned_features_match():
     t_feats = [torch.randn(2, c, 4, 4) for c in (4, 6, 8)]
-    crit = FeatureKDLoss(FixedTeacher(feats=t_feats), (4, 6, 8), alpha=1.0)
+    crit = whole(FixedTeacher(feats=t_feats), FeatureKD((4, 6, 8), (4, 6, 8), 1.0))
     with torch.no_grad():
-        for conv in crit.align.convs:  # identity projections
+        for conv in crit.methods["feature"].align.convs:  # identity projections
             conv.weight.copy_(torch.eye(conv.out_channels)[:, :, None, None])
             conv.bias.zero_()
     out = crit(None, (torch.randn(2, 5, 4, 4), [f.clone() for f in t_feats]), torch.zeros(2, 4, 4, dtype=torch.long))
@@ -128,15 +135,15 @@ def test_teacher_frozen_during_distillation(method):
     teacher = FrozenTeacher(TappedSegNet("fcn_resnet50", 5))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = build_model("light", 5)
-    crit = (ResponseKDLoss(teacher, 0.5, 4.0) if method == "response"
-            else FeatureKDLoss(teacher, student.feature_channels, 0.5))
+    crit = whole(teacher, ResponseKD(0.5, 4.0) if method == "response"
+                 else FeatureKD(student.feature_channels, teacher.feature_channels, 0.5))
     params = list(student.parameters()) + [p for p in crit.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1)
     student.train(), crit.train()
     assert not teacher.training and not any(m.training for m in teacher.modules())
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     for _ in range(2):
-        out = crit(x, student(x, return_features=crit.needs_features), y)
+        out = crit(x, student(x, return_features=forward_flag(crit.needs)), y)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -145,7 +152,7 @@ def test_teacher_frozen_during_distillation(method):
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and running stats
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
     if method == "feature":
-        assert all(p.grad is not None for p in crit.align.parameters())
+        assert all(p.grad is not None for p in crit.trainable().parameters())
     assert math.isfinite(out["loss"].item())
 
 
@@ -153,7 +160,7 @@ def test_non_finite_loss_stops_training():
     from engine import NonFiniteLoss, train_one_epoch
 
     class NaNLoss(nn.Module):
-        needs_features = False
+        needs = frozenset()
 
         def forward(self, images, outputs, targets):
             return {"loss": outputs.mean() * float("nan")}

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from conftest import ROOT, run_cli
 
 import train_kd
-from losses import (AttentionTransfer, ChannelWiseKD, DistillationLoss, DISTKD, MaskedGenerativeKD,
-                    PairwiseAffinityKD, ResponseKDLoss)
-from model import LOGITS8, TappedSegNet, build_model
+import losses
+from losses import (METHODS, AttentionTransfer, ChannelWiseKD, DistillationLoss, DISTKD, Flag, MaskedGenerativeKD,
+                    Method, PairwiseAffinityKD, ResponseKD, build_loss, register)
+from model import LOGITS8, TappedSegNet, build_model, forward_flag
 from teacher import FrozenTeacher
 
 
@@ -161,7 +162,7 @@ def test_mgd_default_weight_per_teacher_channel():
 @pytest.mark.parametrize("method", [ChannelWiseKD(), DISTKD(), PairwiseAffinityKD()], ids=["cwd", "dist", "affinity"])
 def test_zero_when_outputs_match_positive_otherwise(method):
     torch.manual_seed(5)
-    if method.needs == "features":
+    if "features" in method.needs:
         t, s = torch.randn(2, 6, 4, 4), torch.randn(2, 6, 4, 4)
         same, other = method.term(feats(t.clone()), feats(t)), method.term(feats(s), feats(t))
     else:
@@ -210,17 +211,15 @@ def frozen(arch, num_classes=5):
     return FrozenTeacher(build_model("teacher", num_classes, teacher_arch=arch))
 
 
-def all_methods(teacher, student):
-    args = train_kd.get_args_parser().parse_args(["--kd_method", ",".join(train_kd.METHODS), "--mgd_hidden", "16",
-                                                "--mgd_keep", "0.5"])
-    from dataset import DATASETS
-
-    return train_kd.build_loss(args.kd_method.split(","), teacher, student, DATASETS["voc"], args)
+def all_methods(teacher, student, *extra):
+    args = train_kd.get_args_parser().parse_args(["--kd_method", ",".join(METHODS), "--mgd_hidden", "16",
+                                                "--mgd_keep", "0.5", *extra])
+    return build_loss(args.kd_method.split(","), teacher, student, args)
 
 
 @pytest.mark.parametrize("arch", ["light", "fcn_resnet50"])
 def test_every_method_together_one_teacher_call_gradients_to_student_and_parts_only(arch):
-    """All seven methods in one loss: the teacher is asked once per step; gradients reach the student and every
+    """All registered methods in one loss: the teacher is asked once per step; gradients reach the student and every
     trainable part (feature KD's alignment convs, MGD's generator), never the teacher; the total is the formula."""
     teacher = frozen(arch)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -230,12 +229,12 @@ def test_every_method_together_one_teacher_call_gradients_to_student_and_parts_o
     torch.manual_seed(0)
     student = build_model("light", 5).train()
     loss = all_methods(teacher, student)
-    assert isinstance(loss, DistillationLoss) and loss.needs_features == LOGITS8
-    assert set(loss.trainable().keys()) == {"feature", "mgd"}
+    assert isinstance(loss, DistillationLoss) and loss.needs == {"features", "logits8"}
+    assert set(loss.trainable().keys()) == {n for n, cls in METHODS.items() if n in ("feature", "mgd")}
     x, y = torch.randn(2, 3, 48, 48), torch.randint(0, 5, (2, 48, 48))  # grids: student 2x2, teacher 6x6 or 2x2
-    out = loss(x, student(x, return_features=loss.needs_features), y)
+    out = loss(x, student(x, return_features=forward_flag(loss.needs)), y)
     assert calls == [("logits", "logits8", "features")]
-    assert set(out) == {"loss", "ce", "kd", "feat", "cwd", "dist", "at", "affinity", "mgd"}
+    assert set(out) == {"loss", "ce"} | {cls.part for cls in METHODS.values()}
     w = {m.part: m.weight for m in loss.methods.values()}
     want = 0.5 * out["ce"] + sum(w[k] * out[k] for k in w)
     assert abs(out["loss"].item() - want.item()) < 1e-5 * abs(want.item())
@@ -246,36 +245,118 @@ def test_every_method_together_one_teacher_call_gradients_to_student_and_parts_o
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+def test_weights_zero_skip_the_teacher_and_replay_cross_entropy():
+    """Every weight at 0: the teacher is never run and the loss is the cross-entropy exactly."""
+    teacher, student = frozen("light"), build_model("light", 5)
+    calls = []
+    teacher.forward = lambda *a, **k: calls.append(k) or pytest.fail("teacher ran")
+    zero = [f"--{f}" for f in ("alpha", "w_cwd", "w_dist", "w_at", "w_affinity", "w_mgd")]
+    loss = all_methods(teacher, student, *[v for flag in zero for v in (flag, "0")])
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    outputs = student(x, return_features=forward_flag(loss.needs))
+    out = loss(x, outputs, y)
+    assert out["loss"].item() == F.cross_entropy(outputs[0], y, ignore_index=255).item() and not calls
+
+
 def test_methods_under_bf16_autocast_are_float32_and_finite():
     teacher, student = frozen("light"), build_model("light", 5).train()
     loss = all_methods(teacher, student)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = loss(x, student(x, return_features=loss.needs_features), y)
+        out = loss(x, student(x, return_features=forward_flag(loss.needs)), y)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
 
 
-def test_original_two_alone_keep_their_own_loss_and_combined_keep_alpha():
-    from dataset import DATASETS
-
+def test_ce_weight_rule():
+    """CE is weighted 1 - alpha when a method of the original's two is listed, else 1; response alone is
+    alpha * KD + (1 - alpha) * CE."""
     teacher, student = frozen("light"), build_model("light", 5)
     parser = train_kd.get_args_parser()
-    build = lambda m, *extra: train_kd.build_loss(m.split(","), teacher, student, DATASETS["voc"],  # noqa: E731
-                                                 parser.parse_args(["--kd_method", m, *extra]))
-    assert type(build("response")) is ResponseKDLoss and build("response").teacher is teacher
+    build = lambda m, *extra: build_loss(m.split(","), teacher, student,  # noqa: E731
+                                         parser.parse_args(["--kd_method", m, *extra]))
+    alone = build("response", "--alpha", "0.3")
+    assert alone.teacher is teacher and alone.w_ce == pytest.approx(0.7) and alone.methods["response"].weight == 0.3
     assert build("cwd").w_ce == 1.0
     assert build("response,cwd", "--alpha", "0.3").w_ce == pytest.approx(0.7)
+    assert build("feature,mgd", "--alpha", "0.2").w_ce == pytest.approx(0.8)
 
 
 def test_kd_method_flag(capsys):
     parser = train_kd.get_args_parser()
     help_text = parser.format_help()
-    assert all(m in help_text for m in train_kd.METHODS)
+    assert all(m in help_text for m in METHODS)
+    assert all(f"--{f}" in help_text for f in losses.all_flags())
     assert parser.parse_args(["--kd_method", "response, cwd"]).kd_method == "response,cwd"
-    for bad in ("cwd,nope", "cwd,cwd", ","):
+    for bad, message in (("cwd,nope", "unknown method nope; give a comma-separated list of response, feature, cwd"),
+                         ("cwd,cwd", "'cwd,cwd' names a method twice"), (",", "unknown method (none given)")):
         with pytest.raises(SystemExit):
             parser.parse_args(["--kd_method", bad])
-    assert "give a comma-separated list of response, feature, cwd" in capsys.readouterr().err
+        assert message in capsys.readouterr().err
+
+
+def test_register_refuses_a_taken_name_and_unknown_outputs():
+    with pytest.raises(ValueError, match="taken"):
+        register(type("Again", (Method,), {"name": "cwd", "part": "x", "needs": frozenset({"logits"})}))
+    with pytest.raises(ValueError, match="needs"):
+        register(type("Odd", (Method,), {"name": "odd", "part": "x", "needs": frozenset({"attention"})}))
+    assert "odd" not in METHODS
+
+
+class ToyKD(Method):
+    """A method written as a user would: mean squared difference of the stride-8 logits and of the last features,
+    one flag, one trainable scale. Registered only inside the test that trains it."""
+
+    name, part, needs, summary = "toy", "toy", frozenset({"logits8", "features"}), "a test's own method"
+    flags = (Flag("w_toy", 0.5, "toy weight", "this test", check=lambda v: v >= 0, why="must be >= 0"),)
+
+    def __init__(self, weight):
+        super().__init__(weight)
+        self.scale = torch.nn.Conv2d(1, 1, 1)
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(args.w_toy)
+
+    def trainable(self):
+        return self.scale
+
+    def term(self, student_side, teacher_side):
+        s8, t8 = student_side["logits8"], teacher_side["logits8"]
+        s8 = F.interpolate(s8, size=t8.shape[-2:], mode="bilinear", align_corners=False)
+        fs, ft = student_side["features"][-1], teacher_side["features"][-1]
+        energy = self.scale(fs.float().pow(2).mean(1, keepdim=True)).mean() - ft.float().pow(2).mean()
+        return (s8.float() - t8.float()).pow(2).mean() + energy.pow(2)
+
+
+def test_a_registered_method_trains_through_train_kd_without_other_edits(synthetic_root, tmp_path):
+    """Adding a method is one class: registered here, it gets its flag, its help, its check, its log key and its
+    trainable part saved, through train_kd.py's own main(get_args_parser().parse_args([...])), one epoch on two
+    images."""
+    import dataset
+
+    root = dataset.make_synthetic_voc(str(tmp_path / "data"), num_train=2, num_val=2, size=(32, 32), seed=1)
+    weights = tmp_path / "light_teacher.pth"
+    torch.manual_seed(0)
+    torch.save(build_model("light", 21).state_dict(), weights)
+    register(ToyKD)
+    try:
+        parser = train_kd.get_args_parser()
+        help_text = " ".join(parser.format_help().split())
+        assert "--w_toy W_TOY toy weight" in help_text and "toy: a test's own method" in help_text
+        argv = ["--kd_method", "toy,response", "--w_toy", "2", "--teacher_arch", "light", "--teacher_weights",
+                str(weights), "--root_dir", root, "--img_size", "32", "--batch_size", "2", "--epochs", "1",
+                "--num_workers", "0", "--no_progress", "--num_vis", "0", "--save_dir", str(tmp_path / "w")]
+        result = train_kd.main(parser.parse_args(argv))
+        assert ("w_toy", ToyKD.flags[0].check, "must be >= 0") in train_kd.rules()
+    finally:
+        METHODS.pop("toy")
+    log = [json.loads(line) for line in (tmp_path / "w" / "toy_response_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["train_toy"] > 0 and log[0]["train_kd"] > 0
+    loss = result["criterion"]
+    assert loss.methods["toy"].weight == 2.0 and loss.w_ce == 0.5
+    last = torch.load(tmp_path / "w" / "toy_response_last.pth", weights_only=True)
+    assert set(last["criterion"]) == {"toy.weight", "toy.bias"}
+    assert not torch.equal(last["criterion"]["toy.weight"], ToyKD(1.0).scale.weight)  # it trained (almost surely)
 
 
 def test_resume_restores_mgd_generator(synthetic_root, tmp_path):

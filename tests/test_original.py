@@ -12,7 +12,7 @@ from conftest import ROOT, run_cli
 
 import original
 from model import build_model, load_original_state_dict
-from losses import FeatureKDLoss, ResponseKDLoss
+from losses import FeatureKD, ResponseKD, build_loss
 
 
 def random_original(num_classes=21, seed=0):
@@ -78,25 +78,24 @@ def test_default_losses_are_the_original_formulas():
     torch.manual_seed(0)
     s, t = torch.randn(3, 21, 24, 20) * 2, torch.randn(3, 21, 24, 20) * 3
     for T in (1.0, 2.0, 4.0):
-        got = ResponseKDLoss(None, alpha=1.0, temperature=T).kd_term(s, t)
+        got = ResponseKD(1.0, T).term(s, t)
         want = original.response_kd(s.double(), t.double(), T)
         assert abs(got.item() - want.item()) / want.item() < 1e-6
-        pixel = ResponseKDLoss(None, alpha=1.0, temperature=T, reduction="pixel").kd_term(s, t)
+        pixel = ResponseKD(1.0, T, "pixel").term(s, t)
         assert abs(pixel.item() - want.item() / (24 * 20)) / pixel.item() < 1e-6
 
     t_feats = [torch.randn(2, 256, 16, 16), torch.randn(2, 512, 8, 8), torch.randn(2, 1024, 8, 8)]
     s_feats = [torch.randn(2, 24, 16, 16), torch.randn(2, 32, 8, 8), torch.randn(2, 1280, 2, 2)]
-    teacher = type("T", (), {"feature_channels": (256, 512, 1024)})()
-    ours = FeatureKDLoss(teacher, (24, 32, 1280), alpha=1.0)
+    ours = FeatureKD((24, 32, 1280), (256, 512, 1024), 1.0)
     theirs = original.OriginalLight().align_layers
     ours.align.convs.load_state_dict(theirs.state_dict())
     with torch.no_grad():
-        got = ours.feature_term(s_feats, t_feats)
+        got = ours.term(s_feats, t_feats)
         want = original.feature_kd(s_feats, t_feats, theirs)
     assert abs(got.item() - want.item()) / want.item() < 1e-6
     ours.reduction = "pixel"
     with torch.no_grad():
-        assert abs(ours.feature_term(s_feats, t_feats).item() - want.item() / 3) / (want.item() / 3) < 1e-6
+        assert abs(ours.term(s_feats, t_feats).item() - want.item() / 3) / (want.item() / 3) < 1e-6
 
 
 def test_total_loss_is_the_originals_blend():
@@ -106,9 +105,13 @@ def test_total_loss_is_the_originals_blend():
 
     class Fixed(nn.Module):
         def forward(self, x, need="logits"):
-            return t
+            return (t,)
 
-    out = ResponseKDLoss(Fixed(), alpha=0.3, temperature=4.0)(None, s, y)
+    import train_kd
+
+    # the mission's command: train_kd.py --kd_method response --temperature 4 --alpha 0.3
+    args = train_kd.get_args_parser().parse_args(["--kd_method", "response", "--temperature", "4", "--alpha", "0.3"])
+    out = build_loss(["response"], Fixed(), None, args)(None, s, y)
     want = 0.3 * original.response_kd(s, t, 4.0) + 0.7 * F.cross_entropy(s, y, ignore_index=255)
     assert abs(out["loss"].item() - want.item()) / want.item() < 1e-6
 
