@@ -128,6 +128,11 @@ KD_REDUCTION = Flag("kd_reduction", "original",
                     "the original", type=str, choices=REDUCTIONS)
 
 
+def _check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise LossError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
+
+
 def _to_grid(x, size):
     """Bilinear resize to `size` (H, W) when the grids differ (odd input sizes can round the two strides apart)."""
     return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
@@ -170,8 +175,7 @@ class ResponseKD(Method):
 
     def __init__(self, weight=0.5, temperature=2.0, reduction="original"):
         super().__init__(weight)
-        if reduction not in REDUCTIONS:
-            raise LossError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
+        _check_reduction(reduction)
         self.T, self.reduction = temperature, reduction
 
     @classmethod
@@ -214,8 +218,7 @@ class FeatureKD(Method):
 
     def __init__(self, student_channels, teacher_channels, weight=0.5, reduction="original"):
         super().__init__(weight)
-        if reduction not in REDUCTIONS:
-            raise LossError(f"--kd_reduction {reduction}: choose one of {', '.join(REDUCTIONS)}")
+        _check_reduction(reduction)
         if len(student_channels) != 3:
             raise LossError(f"feature KD needs 3 student feature maps, the student gives {len(student_channels)}")
         self.reduction = reduction

@@ -14,7 +14,7 @@ when response or feature is listed (each of them weighted alpha, as in the origi
 The teacher's weights come from --teacher_weights, else SAVE_DIR/teacher_best.pth (python train.py
 --model_name teacher), else torchvision's COCO_WITH_VOC_LABELS_V1 file (see teacher/).
 Distillation is a loss (DeiT): engine.py's loop runs unchanged; the loss (losses.py) holds the teacher and the
-trainable parts of the methods (feature KD's 1x1 alignment convs, MGD's generator), which train with the student
+trainable parts of the methods (feature KD's 1x1 alignment convs, ...), which train with the student
 but are not part of it. Writes SAVE_DIR/RUN_{best,last}.pth, RUN = the methods joined by "_" (response, feature,
 response_cwd ...) or --run_name, and the same logs and pictures as train.py.
 """
@@ -30,7 +30,7 @@ from teacher import load_teacher
 
 
 def method_list(text):
-    """'response, cwd' -> 'response,cwd'; unknown or repeated names fail with the list of methods."""
+    """'response, feature' -> 'response,feature'; unknown or repeated names fail with the list of methods."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in losses.METHODS]
     if not names or unknown:

@@ -210,3 +210,46 @@ def test_export_torchscript_dynamic_round_trip_and_a_tampered_file_fails(checkpo
                                                 "--img_size", "32", "--num_inputs", "1", "--runs", "1"])
     result = export.main(args)
     assert not result["ok"] and result["max_rel_diff"] > 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_earlier_checkpoints_load_in_test_predict_and_export(synthetic_root, tmp_path):
+    """Files written before the one training state (a feature-KD RUN_last.pth of that layout: its alignment convs
+    under 'criterion' as 'convs.*', optimizer and RNG beside) and the original project's state dict both load in
+    test.py, predict.py and export.py, and give the network they hold."""
+    import original
+    import predict
+    import test as test_script
+
+    torch.manual_seed(1)
+    net = model.build_model("light", 21).eval()
+    legacy = {"model_name": "light", "num_classes": 21, "dataset": "voc", "mode": "feature",
+              "teacher_arch": "fcn_resnet50", "args": {"img_size": [32], "kd_method": "feature"},
+              "model": net.state_dict(), "criterion": {f"convs.{i}.weight": torch.zeros(8, c, 1, 1)
+                                                       for i, c in enumerate((24, 32, 1280))},
+              "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": None, "scaler": {},
+              "early_stopping": {"best": 0.1, "bad_epochs": 0, "monitor": "miou"}, "epoch": 4, "best_miou": 0.1,
+              "history": [], "rng": utils.rng_state(), "finished": True}
+    utils.save_checkpoint(legacy, str(tmp_path / "feature_last.pth"))
+    torch.save(original.OriginalLight().state_dict(), tmp_path / "feature_kd_best.pth")
+    Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    x = torch.randn(1, 3, 32, 32)
+    for name in ("feature_last.pth", "feature_kd_best.pth"):
+        path = str(tmp_path / name)
+        loaded, _ = model.load_trained(path)
+        if name == "feature_last.pth":
+            torch.testing.assert_close(loaded(x), net(x))
+        args = test_script.get_args_parser().parse_args(
+            ["--weights", path, "--root_dir", synthetic_root, "--img_size", "32", "--num_workers", "0",
+             "--no_progress", "--num_vis", "0", "--results_csv", str(tmp_path / f"{name}.csv")])
+        test_script.main(args)
+        with open(tmp_path / f"{name}.csv") as f:
+            assert 0 <= float(next(csv.DictReader(f))["mIoU_with_ignore"]) <= 1
+        out = predict.main(predict.get_args_parser().parse_args(
+            [str(tmp_path / "a.png"), "--weights", path, "--out", str(tmp_path / f"pred_{name}"), "--img_size", "32",
+             "--no_progress"]))
+        assert len(out["written"]) == 1 and not out["failed"]
+        result = export.main(export.get_args_parser().parse_args(
+            ["--weights", path, "--format", "torchscript", "--img_size", "32", "--out", str(tmp_path / f"{name}.pt"),
+             "--num_inputs", "1", "--runs", "1"]))
+        assert result["ok"]
