@@ -1,8 +1,10 @@
-"""Helpers shared by the scripts: metrics, checkpoint I/O, atomic files, distributed seams, plots.
+"""Helpers shared by the scripts: metrics, the errors a user can fix and the one command-line wrapper, checkpoint
+I/O, atomic files, distributed seams, plots.
 
 Nothing here knows about a particular model or dataset, and nothing here imports another module of this repo.
-Imported by engine.py, teacher/, model.py (inside load_trained) and every script but train.py (which reaches it
-through engine.py): train_kd.py, test.py, predict.py, export.py, experiments.py, bench.py.
+Imported by dataset.py and losses.py (UserError), engine.py, teacher/, model.py (inside load_trained) and every
+script but train.py (which reaches it through engine.py): train_kd.py, test.py, predict.py, export.py,
+experiments.py, bench.py.
 """
 import csv
 import io

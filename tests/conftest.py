@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dataset import make_synthetic_voc  # noqa: E402
-from teacher import hub_weights_path  # noqa: E402
+from teacher import VOC_WEIGHTS, hub_weights_path  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +62,8 @@ def run_cli(args, cwd, torch_home=None, check=True, timeout=300):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def hub_file(torch_home, arch="fcn_resnet50"):
+    """Where torch_home's hub cache holds torchvision's VOC weights of `arch` (the file a user's download makes)."""
+    return os.path.join(torch_home, "hub", "checkpoints", os.path.basename(VOC_WEIGHTS[arch].url))

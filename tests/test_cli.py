@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, hub_file, run_cli
 
 SMALL = ["--img_size", "32", "--batch_size", "4", "--num_workers", "0", "--no_progress"]
 
@@ -66,8 +66,8 @@ def test_training_writes_checkpoints_logs_and_pictures(pipeline):
     assert ckpt["model_name"] == "light" and not any(k.startswith("align") for k in ckpt["model"])
     last = torch.load(w / "feature_last.pth", weights_only=True)  # resumable state, plain types only
     assert {"optimizer", "lr_scheduler", "early_stopping", "rng", "epoch", "args", "criterion"} <= last.keys()
-    assert any(k.startswith("convs.") for k in last["criterion"])  # the loss's alignment convs, not the teacher
-    assert "fcn_resnet50_coco-1167a1af.pth" in pipeline["response"].stdout.split("teacher: fcn_resnet50 from ")[1]
+    assert any(k.startswith("feature.convs.") for k in last["criterion"])  # the loss's alignment convs, not the teacher
+    assert os.path.basename(hub_file("")) in pipeline["response"].stdout.split("teacher: fcn_resnet50 from ")[1]
 
 
 def test_results_csv_has_four_rows_in_the_original_columns(pipeline):
@@ -189,7 +189,7 @@ def test_kd_with_alpha_zero_reproduces_scratch_run(scratch_run, synthetic_root, 
     """Same seed, optimizer, schedule and augmentation: the distillation term is the only difference."""
     run_cli([script("train_kd.py"), "--kd_method", method, "--alpha", "0", "--root_dir", synthetic_root,
              *ALPHA0_COMMON, "--save_dir", str(tmp_path / "b"), "--teacher_weights",
-             os.path.join(torch_home, "hub", "checkpoints", "fcn_resnet50_coco-1167a1af.pth")], tmp_path, torch_home)
+             hub_file(torch_home)], tmp_path, torch_home)
     a = last_weights(scratch_run)
     b = last_weights(tmp_path / "b" / f"{method}_last.pth")
     for k in a:
