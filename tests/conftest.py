@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dataset import make_synthetic_voc  # noqa: E402
-from teacher import VOC_WEIGHTS, hub_weights_path  # noqa: E402
+from teacher import VOC_WEIGHTS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,15 +33,7 @@ def torch_home(tmp_path_factory):
     from torchvision.models.segmentation import fcn_resnet50
 
     home = tmp_path_factory.mktemp("torch_home")
-    old = os.environ.get("TORCH_HOME")
-    os.environ["TORCH_HOME"] = str(home)
-    try:
-        path = hub_weights_path("fcn_resnet50")
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_HOME")
-        else:
-            os.environ["TORCH_HOME"] = old
+    path = hub_file(str(home))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.manual_seed(0)
     torch.save(fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).state_dict(), path)

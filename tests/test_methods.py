@@ -13,7 +13,7 @@ from conftest import ROOT, run_cli
 import train_kd
 import losses
 from losses import (METHODS, AttentionTransfer, ChannelWiseKD, DistillationLoss, DISTKD, Flag, MaskedGenerativeKD,
-                    Method, PairwiseAffinityKD, ResponseKD, build_loss, register)
+                    Method, PairwiseAffinityKD, build_loss, register)
 from model import LOGITS8, TappedSegNet, build_model, forward_flag
 from teacher import FrozenTeacher
 
