@@ -27,12 +27,14 @@ w_ce * CE + sum of weight * term, every term logged; w_ce = 1 - alpha when a met
 The teacher is an attribute of that loss, outside everything trainable: not trained, not saved, never wrapped.
 """
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model import feature_channels
 from utils import UserError
 
 OUTPUTS = ("logits", "logits8", "features")  # what a network (student or teacher) can be asked for
@@ -205,7 +207,8 @@ class Align(nn.Module):
 class FeatureKD(Method):
     """sum_k (1 - cos(align_k(s_k), t_k)), the original's feature distillation, weighted alpha.
 
-    Pairs: student stride-4, stride-8 and last-trunk features with teacher layer1, layer2, layer3. Student
+    Pairs: the first three feature maps of each network (the light student's stride-4, stride-8 and last-trunk
+    features with a ResNet teacher's layer1, layer2, layer3; a network's feature_taps in their order). Student
     features are projected by a 1x1 conv to the teacher's width, resized (bilinear) to the teacher's size, and
     compared by cosine similarity over channels at every pixel, averaged over pixels. reduction "original" (the
     default) adds the three pair terms, as the original did; "pixel" averages them (CIRKD's and MMRazor's habit).
@@ -219,15 +222,16 @@ class FeatureKD(Method):
     def __init__(self, student_channels, teacher_channels, weight=0.5, reduction="original"):
         super().__init__(weight)
         _check_reduction(reduction)
-        if len(student_channels) != 3:
-            raise LossError(f"feature KD needs 3 student feature maps, the student gives {len(student_channels)}")
+        if len(student_channels) < 3 or len(teacher_channels) < 3:
+            raise LossError(f"feature KD needs 3 feature maps of each network, got {len(student_channels)} (student) "
+                            f"and {len(teacher_channels)} (teacher)")
         self.reduction = reduction
-        self.align = Align(student_channels, tuple(teacher_channels)[:3])
+        self.align = Align(tuple(student_channels)[:3], tuple(teacher_channels)[:3])
         _trainable_attr(self, "align")
 
     @classmethod
     def from_args(cls, args, student, teacher):
-        return cls(student.feature_channels, teacher.feature_channels, args.alpha, args.kd_reduction)
+        return cls(feature_channels(student), teacher.feature_channels(), args.alpha, args.kd_reduction)
 
     def trainable(self):
         return self.align
@@ -446,7 +450,7 @@ class MaskedGenerativeKD(Method):
 
     @classmethod
     def from_args(cls, args, student, teacher):
-        return cls(student.feature_channels[LAST_PAIR], teacher.feature_channels[LAST_PAIR], args.w_mgd,
+        return cls(feature_channels(student)[LAST_PAIR], teacher.feature_channels()[LAST_PAIR], args.w_mgd,
                    args.mgd_keep, args.mgd_hidden)
 
     def trainable(self):
@@ -522,8 +526,25 @@ def build_loss(names, teacher, student, args, ignore_index=255):
     methods = {}
     for name in names:
         cls = METHODS[name]
-        if "features" in cls.needs and getattr(student, "feature_channels", None) is None:
-            raise LossError(f"--model_name {args.model_name} exposes no feature maps for --kd_method {name}")
+        if "features" in cls.needs and len(feature_channels(student)) < 3:
+            raise LossError(f"--model_name {getattr(args, 'model_name', 'the student')}: --kd_method {name} needs "
+                            "three feature maps (shallow to deep), and the student exposes "
+                            f"{len(feature_channels(student))}: give its module a feature_taps attribute naming "
+                            "three submodules (model.py, HookedSegNet)")
         methods[name] = cls.from_args(args, student, teacher)
     w_ce = 1 - args.alpha if any(m.weighs_ce for m in methods.values()) else 1.0
     return DistillationLoss(teacher, methods, w_ce, ignore_index)
+
+
+def distillation_loss(teacher, student, methods, ignore_index=255, **flags):
+    """For a training loop of your own: the loss of `methods` ("response,cwd" or a list) from a frozen teacher
+    (teacher.FrozenTeacher) to a student (a network of model.py's protocol), every method flag at its default unless
+    given by name (alpha=0.3, w_cwd=3.0 ...). Call it as loss(images, student(images, return_features=
+    model.forward_flag(loss.needs)), masks) -> {"loss": total, <part>: value, ...}."""
+    names = methods.split(",") if isinstance(methods, str) else list(methods)
+    known = all_flags()
+    unknown = sorted(set(flags) - set(known))
+    if unknown:
+        raise LossError(f"unknown flag(s) {', '.join(unknown)}; the methods take {', '.join(known)}")
+    args = SimpleNamespace(**{**{name: f.default for name, f in known.items()}, **flags})
+    return build_loss([n.strip() for n in names], teacher, student, args, ignore_index)

@@ -1,38 +1,66 @@
-"""Student networks and the model registry.
+"""The networks and the model registry: the only place that knows network names.
 
     python model.py --m light          # torchsummary table, parameter counts and FLOPs at 3x256x256
-    python model.py --m best
-    python model.py --m teacher
+    python model.py --m lraspp_mobilenet_v3_large
+    python model.py --m mynet:build    # a user's own network: build(num_classes, **kwargs) in mynet.py
 
-Every model's forward(x) returns logits (N, C, H, W) at input resolution; forward(x, return_features=True)
-returns (logits, [features...]) for feature distillation, with `feature_channels` naming their widths;
-forward(x, return_features="logits8") returns (logits, [features...], logits8), logits8 being the classifier's
-stride-8 output before upsampling (what CWD and DIST compare).
+Names: the original's "light" student and "best" (an FCN-ResNet50 student), "teacher" (the network of
+--teacher_arch, trainable), torchvision's six segmentation networks (TORCHVISION), and MODULE:CALLABLE, a user's
+builder imported from the working folder or PYTHONPATH, called as CALLABLE(num_classes, **kwargs).
+
+Every network's forward(x) returns logits (N, C, H, W) at input resolution; forward(x, return_features=True)
+returns (logits, [features...]) for the feature methods; forward(x, return_features="logits8") returns
+(logits, [features...], logits8), logits8 being the classifier's output before upsampling (stride 8 for the light
+student and the ResNets: what CWD and DIST compare). A network that does not speak this protocol (torchvision's
+MobileNetV3 networks, a user's module whose forward takes no return_features) is wrapped by HookedSegNet, which
+reads its features from the submodules it names (`feature_taps`) with forward hooks. The feature widths are found
+by a forward probe (losses.feature_channels), never from a table.
 """
 import argparse
+import importlib
 import inspect
+import math
+import os
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101_Weights, mobilenet_v2
-from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50
+from torchvision.models import (MobileNet_V2_Weights, MobileNet_V3_Large_Weights, ResNet50_Weights,
+                                ResNet101_Weights, mobilenet_v2)
+from torchvision.models import segmentation as tvseg
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-# torchvision's ResNet segmentation networks: the teacher's architectures (teacher/ knows their VOC weights) and the
-# original's second student ("best"). name: (builder, ImageNet backbone weights)
-RESNET_SEGNETS = {
-    "fcn_resnet50": (fcn_resnet50, ResNet50_Weights.IMAGENET1K_V1),
-    "deeplabv3_resnet50": (deeplabv3_resnet50, ResNet50_Weights.IMAGENET1K_V1),
-    "deeplabv3_resnet101": (deeplabv3_resnet101, ResNet101_Weights.IMAGENET1K_V1),
+from utils import UserError
+
+# torchvision's segmentation networks: name -> (ImageNet backbone weights, feature taps, logits tap). The ResNets run
+# as TappedSegNet (their layer1..layer4, and a forward that stops after layer3 when only features are asked); the
+# MobileNetV3 ones through HookedSegNet's hooks: the trunk's stride-4, stride-8 and last blocks, and the classifier.
+TORCHVISION = {
+    "fcn_resnet50": (ResNet50_Weights.IMAGENET1K_V1, None, None),
+    "fcn_resnet101": (ResNet101_Weights.IMAGENET1K_V1, None, None),
+    "deeplabv3_resnet50": (ResNet50_Weights.IMAGENET1K_V1, None, None),
+    "deeplabv3_resnet101": (ResNet101_Weights.IMAGENET1K_V1, None, None),
+    "lraspp_mobilenet_v3_large": (MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+                                  ("backbone.3", "backbone.6", "backbone.16"), "classifier"),
+    "deeplabv3_mobilenet_v3_large": (MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+                                     ("backbone.3", "backbone.6", "backbone.16"), "classifier"),
 }
-FEATURE_CHANNELS = (256, 512, 1024, 2048)  # layer1..layer4 of a ResNet50/101
 LOGITS8 = "logits8"  # forward(x, return_features=LOGITS8) -> (logits, features, stride-8 logits)
+
+
+class ModelError(UserError):
+    """An unknown network name, a user's module that cannot be imported, or weights that cannot be fetched."""
 
 
 def forward_flag(needs):
     """The return_features value under which a network's forward returns what a loss `needs` (losses.OUTPUTS)."""
     return LOGITS8 if "logits8" in needs else "features" in needs
+
+
+def _torchvision_net(arch, num_classes, pretrained_backbone):
+    weights = TORCHVISION[arch][0] if pretrained_backbone else None
+    return getattr(tvseg, arch)(weights=None, weights_backbone=weights, num_classes=num_classes, aux_loss=False)
 
 
 class TappedSegNet(nn.Module):
@@ -43,15 +71,11 @@ class TappedSegNet(nn.Module):
     feature distillation reads only layer1..layer3, and layer4 + head are most of the teacher's cost.
     """
 
-    feature_channels = FEATURE_CHANNELS
-
     def __init__(self, arch="fcn_resnet50", num_classes=21, pretrained_backbone=False):
         super().__init__()
-        if arch not in RESNET_SEGNETS:
-            raise ValueError(f"--teacher_arch {arch}: unknown; choose one of {', '.join(RESNET_SEGNETS)}")
-        builder, backbone_weights = RESNET_SEGNETS[arch]
-        net = builder(weights=None, weights_backbone=backbone_weights if pretrained_backbone else None,
-                      num_classes=num_classes, aux_loss=False)
+        if "resnet" not in arch or arch not in TORCHVISION:
+            raise ModelError(f"{arch}: not one of torchvision's ResNet segmentation networks")
+        net = _torchvision_net(arch, num_classes, pretrained_backbone)
         self.arch = arch
         self.backbone = net.backbone  # IntermediateLayerGetter: conv1, bn1, relu, maxpool, layer1..layer4
         self.classifier = net.classifier
@@ -129,6 +153,57 @@ class LightSegNet(nn.Module):
         return (logits, [f4, f8, f32]) if return_features else logits
 
 
+class HookedSegNet(nn.Module):
+    """A segmentation network that does not speak this repo's forward protocol, made to: its forward(x) (a tensor,
+    or torchvision's {"out": tensor}) gives the logits; forward hooks read the outputs of the submodules named in
+    `taps` (the feature maps, in order) and `logits_tap` (the classifier's output before upsampling).
+
+    torchvision networks keep their own attribute names (backbone.*, classifier.*), so torchvision's state dicts
+    load as they are; a user's module sits under `net`. Without a logits tap, "logits8" is the logits
+    area-averaged to 1/8 of the input size (what CWD and DIST then compare)."""
+
+    def __init__(self, net, taps=(), logits_tap=None, torchvision=False):
+        super().__init__()
+        if torchvision:  # the torchvision forward runs over this module's own backbone / classifier / aux_classifier
+            for name in ("backbone", "classifier", "aux_classifier"):
+                setattr(self, name, getattr(net, name, None))
+            self._run = type(net).forward.__get__(self)
+        else:
+            self.net = net
+            self._run = net
+        names = dict(net.named_modules())
+        missing = [t for t in (*taps, *([logits_tap] if logits_tap else [])) if t not in names]
+        if missing:
+            raise ModelError(f"{type(net).__name__}: feature tap(s) {', '.join(missing)} name no submodule; "
+                             "use names from net.named_modules()")
+        prefix = "" if torchvision else "net."  # the hooks are looked up from this module
+        self.taps = tuple(prefix + t for t in taps)
+        self.logits_tap = prefix + logits_tap if logits_tap else None
+
+    def _logits(self, x):
+        out = self._run(x)
+        return out["out"] if isinstance(out, dict) else out
+
+    def forward(self, x, return_features=False, upto=None):  # noqa: ARG002 - upto: the whole net runs here
+        if not return_features:
+            return self._logits(x)
+        seen, handles = {}, []
+        for name in (*self.taps, *([self.logits_tap] if self.logits_tap else [])):
+            hook = lambda m, i, o, name=name: seen.__setitem__(name, o)  # noqa: E731
+            handles.append(self.get_submodule(name).register_forward_hook(hook))
+        try:
+            logits = self._logits(x)
+        finally:
+            for h in handles:
+                h.remove()
+        feats = [seen[t] for t in self.taps]
+        if return_features != LOGITS8:
+            return logits, feats
+        logits8 = seen[self.logits_tap] if self.logits_tap else F.adaptive_avg_pool2d(
+            logits, (math.ceil(x.shape[-2] / 8), math.ceil(x.shape[-1] / 8)))
+        return logits, feats, logits8
+
+
 def light(num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True, *, teacher_arch=None):
     """fast=False: the original's order of operations (upsample, then classify), the same function.
     teacher_arch: ignored (see MODELS)."""
@@ -143,14 +218,23 @@ def best(num_classes=21, pretrained_backbone=False, *, teacher_arch=None):
 
 def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet50"):
     """The teacher network, trainable: `python train.py --model_name teacher [--teacher_arch A]` trains it.
-    A is a torchvision ResNet segmentation net of teacher/ (the default, whose VOC weights torchvision
-    publishes) or "light": the student's own architecture, trained with a larger budget (born-again
-    distillation; the from-scratch teacher that pays on small data sets, see the README)."""
-    if teacher_arch == "light":
-        return light(num_classes, pretrained_backbone)
-    if teacher_arch not in RESNET_SEGNETS:
-        raise ValueError(f"--teacher_arch {teacher_arch}: unknown; choose one of {', '.join(TEACHER_ARCHS)}")
-    return TappedSegNet(teacher_arch, num_classes, pretrained_backbone)
+    A is any name of this registry but "teacher": a torchvision network (the default fcn_resnet50, whose VOC weights
+    torchvision publishes, as for the five others), "light" (the student's own architecture trained with a larger
+    budget: born-again distillation, the from-scratch teacher that pays on small data sets), or MODULE:CALLABLE."""
+    if teacher_arch == "teacher":
+        raise ModelError("--teacher_arch teacher: name a network (fcn_resnet50, light, mynet:build ...)")
+    return build_model(teacher_arch, num_classes, pretrained_backbone=pretrained_backbone)
+
+
+def _torchvision_builder(arch):
+    def build(num_classes=21, pretrained_backbone=False, *, teacher_arch=None):
+        if TORCHVISION[arch][1] is None:
+            return TappedSegNet(arch, num_classes, pretrained_backbone)
+        _, taps, logits_tap = TORCHVISION[arch]
+        return HookedSegNet(_torchvision_net(arch, num_classes, pretrained_backbone), taps, logits_tap,
+                            torchvision=True)
+    build.__doc__ = f"torchvision's {arch}, with feature taps. teacher_arch: ignored (see MODELS)."
+    return build
 
 
 ORIGINAL_ALIGN_CHANNELS = (256, 512, 1024)  # the original's alignment convs map the student to ResNet50 layer1..3
@@ -158,29 +242,89 @@ ORIGINAL_TRUNK_PARAMS = 2_223_872  # MobileNetV2's `features`, counted twice by 
 
 # Every builder takes num_classes, pretrained_backbone and teacher_arch, so that the scripts build any --model_name
 # with one call; only `teacher` reads teacher_arch. A keyword a builder does not take is refused (build_model).
-MODELS = {"light": light, "best": best, "teacher": teacher}
-TEACHER_ARCHS = (*RESNET_SEGNETS, "light")
+MODELS = {"light": light, "best": best, "teacher": teacher, **{a: _torchvision_builder(a) for a in TORCHVISION}}
 
 
 def add_model_args(p):
-    """The network flags of the training scripts."""
-    p.add_argument("--model_name", default="light", choices=sorted(MODELS))
+    """The network flags of the training scripts (names checked by build_model, the registry's one gate)."""
+    names = ", ".join(MODELS)
+    p.add_argument("--model_name", default="light",
+                   help=f"the student: {names}, or MODULE:CALLABLE (a user's builder, see model.py)")
     p.add_argument("--pretrained_backbone", action="store_true",
                    help="ImageNet weights for the trunk (torchvision weights API; needs them cached or internet)")
-    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS,
-                   help="the teacher network (--model_name teacher in train.py; the frozen teacher in train_kd.py)")
+    p.add_argument("--teacher_arch", default="fcn_resnet50",
+                   help="the teacher network (--model_name teacher in train.py; the frozen teacher in train_kd.py): "
+                        "any --model_name but teacher")
     return p
 
 
+def user_builder(spec):
+    """'mynet:build' -> the callable `build` of module mynet, imported from the working folder or PYTHONPATH."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ModelError(f"{spec}: give a registered name ({', '.join(MODELS)}) or MODULE:CALLABLE")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # the working folder, as `python -m` would have it
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"{spec}: cannot import {attr} from {module} ({e}); put {module}.py in the working "
+                         "folder or on PYTHONPATH") from None
+    if not callable(found):
+        raise ModelError(f"{spec}: {attr} is not callable; it must be a builder CALLABLE(num_classes, **kwargs)")
+    return found
+
+
+def speaks_protocol(net):
+    return "return_features" in inspect.signature(net.forward).parameters
+
+
+def _build_user(spec, num_classes, **kwargs):
+    """A user's builder, called with the keywords it takes (it may take none of ours); its network wrapped by
+    HookedSegNet unless its forward already takes return_features."""
+    builder = user_builder(spec)
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    net = builder(num_classes, **kwargs)
+    if not isinstance(net, nn.Module):
+        raise ModelError(f"{spec} returned a {type(net).__name__}, not an nn.Module")
+    if speaks_protocol(net):
+        return net
+    return HookedSegNet(net, getattr(net, "feature_taps", ()), getattr(net, "logits_tap", None))
+
+
+def _fetch_backbone_weights(name, build):
+    """Run a builder that asks torchvision for ImageNet weights: offline, one message instead of a trace."""
+    offline = os.environ.get("SEGKD_OFFLINE") == "1"  # the tests: a file not cached fails at once, as offline
+    real = torch.hub.download_url_to_file
+    if offline:
+        torch.hub.download_url_to_file = lambda url, *a, **k: (_ for _ in ()).throw(ConnectionError("SEGKD_OFFLINE=1"))
+    try:
+        return build()
+    except (OSError, RuntimeError) as e:  # URLError and ConnectionError are OSErrors
+        raise ModelError(
+            f"--pretrained_backbone: the ImageNet weights for {name} could not be fetched ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}). Run once with internet (torchvision caches them under "
+            f"{torch.hub.get_dir()}), or train without --pretrained_backbone.") from None
+    finally:
+        torch.hub.download_url_to_file = real
+
+
 def build_model(name, num_classes=21, **kwargs):
-    """MODELS[name](num_classes=num_classes, **kwargs); a misspelt keyword fails here, named, not silently."""
+    """MODELS[name](num_classes=num_classes, **kwargs), or a user's MODULE:CALLABLE; a misspelt keyword to one of
+    this repo's builders fails here, named, not silently."""
     if name not in MODELS:
-        raise ValueError(f"--model_name {name}: unknown; choose one of {', '.join(MODELS)}")
-    takes = list(inspect.signature(MODELS[name]).parameters)
-    unknown = sorted(set(kwargs) - set(takes))
-    if unknown:
-        raise TypeError(f"{name}(): unknown argument(s) {', '.join(unknown)}; it takes {', '.join(takes)}")
-    return MODELS[name](num_classes=num_classes, **kwargs)
+        if ":" not in name:
+            raise ModelError(f"--model_name {name}: unknown; choose one of {', '.join(MODELS)}, or MODULE:CALLABLE")
+        build = lambda: _build_user(name, num_classes, **kwargs)  # noqa: E731
+    else:
+        takes = list(inspect.signature(MODELS[name]).parameters)
+        unknown = sorted(set(kwargs) - set(takes))
+        if unknown:
+            raise TypeError(f"{name}(): unknown argument(s) {', '.join(unknown)}; it takes {', '.join(takes)}")
+        build = lambda: MODELS[name](num_classes=num_classes, **kwargs)  # noqa: E731
+    return _fetch_backbone_weights(name, build) if kwargs.get("pretrained_backbone") else build()
 
 
 # --------------------------------------------------------------------------- the original project's checkpoints
@@ -279,6 +423,21 @@ def load_trained(path):
     return model.eval(), meta
 
 
+def feature_channels(net, size=64):
+    """The widths of a network's feature maps, found by one forward pass of a blank size x size image (eval mode, no
+    gradient, the network's mode restored after): () when it exposes none."""
+    was = net.training
+    first = next(net.parameters(), None)
+    x = torch.zeros(1, 3, size, size, device=first.device if first is not None else "cpu")
+    net.eval()
+    try:
+        with torch.no_grad():
+            feats = net(x, return_features=True)[1]
+    finally:
+        net.train(was)
+    return tuple(f.shape[1] for f in feats)
+
+
 def count_parameters(model):
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -297,11 +456,12 @@ def count_flops(model, input_size=(3, 256, 256)):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Summarise a registered model", add_help=True)
-    p.add_argument("-m", "--m", "--model_name", dest="model_name", default="light", choices=sorted(MODELS))
+    p = argparse.ArgumentParser(description="Summarise a network of the registry", add_help=True)
+    p.add_argument("-m", "--m", "--model_name", dest="model_name", default="light",
+                   help=f"{', '.join(MODELS)}, or MODULE:CALLABLE")
     p.add_argument("--num_classes", type=int, default=21)
     p.add_argument("--img_size", type=int, default=256)
-    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS)
+    p.add_argument("--teacher_arch", default="fcn_resnet50", help="the network of --m teacher")
     p.add_argument("--no_table", action="store_true", help="skip the torchsummary table")
     return p
 

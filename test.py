@@ -22,7 +22,7 @@ import utils
 from dataset import DATASETS, add_data_args, build_dataset, parse_size
 from engine import evaluate, make_autocast, run_cli, save_predictions
 from fast import setup_backends
-from model import TEACHER_ARCHS, load_trained
+from model import load_trained
 from teacher import load_teacher
 
 MODES = ("teacher", "regular", "response", "feature")
@@ -37,7 +37,7 @@ def get_args_parser():
                    help="a checkpoint to evaluate instead of SAVE_DIR/MODE_best.pth: one of this repo's, or a state "
                         "dict saved by the original project (checkpoints/{light,response_kd,feature_kd}_best.pth)")
     p.add_argument("--run_name", default=None, help="file prefix under --save_dir, if training used --run_name")
-    p.add_argument("--teacher_arch", default="fcn_resnet50", choices=TEACHER_ARCHS)
+    p.add_argument("--teacher_arch", default="fcn_resnet50", help="teacher mode: the teacher network (model.py)")
     p.add_argument("--teacher_weights", default=None, help="teacher mode: as train_kd.py's flag")
     add_data_args(p, augment_default="none")
     p.add_argument("--batch_size", type=int, default=16)

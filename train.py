@@ -13,13 +13,20 @@ The loop, evaluation, checkpoints and resume live in engine.py; this script buil
 """
 import engine
 from losses import SegmentationLoss
-from model import add_model_args, build_model
+from model import MODELS, add_model_args, build_model, user_builder
 
 
 def get_args_parser():
     p = engine.get_args_parser("Train a segmentation network from scratch")
     add_model_args(p)
     return p
+
+
+def check_names(args):
+    """An unknown --model_name / --teacher_arch (or a user's module that does not import) fails before any data."""
+    for name in (args.model_name, args.teacher_arch):
+        if name not in MODELS:
+            user_builder(name)
 
 
 def build_network(args, num_classes):
@@ -31,6 +38,7 @@ def build_network(args, num_classes):
 
 def main(args):
     mode = "teacher" if args.model_name == "teacher" else "regular"
+    check_names(args)
     with engine.session(args) as device:
         data = engine.build_data(args, device)
         model, meta = build_network(args, data.info.num_classes)

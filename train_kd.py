@@ -84,6 +84,7 @@ def build_criterion(args, student, info, device):
 
 
 def main(args):
+    train.check_names(args)
     with engine.session(args) as device:
         data = engine.build_data(args, device)
         model, meta = train.build_network(args, data.info.num_classes)

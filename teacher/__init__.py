@@ -1,23 +1,28 @@
-"""The teacher: a torchvision ResNet segmentation network with feature taps, and where its weights come from.
+"""The teacher: any network of model.py's registry (a torchvision segmentation network by default), frozen, and
+where its weights come from.
 
 Weights are looked for in this order (the first that exists wins):
   1. --teacher_weights PATH  (a torchvision state dict, or a checkpoint written by this repo)
   2. a teacher trained by this repo: `python train.py --model_name teacher` -> SAVE_DIR/teacher_best.pth
   3. torchvision's COCO_WITH_VOC_LABELS_V1 weights in the torch hub cache, downloaded if the network allows
-     (21 VOC classes only).
+     (21 VOC classes only; the six torchvision networks of VOC_WEIGHTS).
 """
+import inspect
 import os
 
 import torch
 import torch.nn as nn
 from torchvision.models.segmentation import (
+    DeepLabV3_MobileNet_V3_Large_Weights,
     DeepLabV3_ResNet50_Weights,
     DeepLabV3_ResNet101_Weights,
     FCN_ResNet50_Weights,
+    FCN_ResNet101_Weights,
+    LRASPP_MobileNet_V3_Large_Weights,
 )
 
 from fast import use_winograd
-from model import LOGITS8, build_model
+from model import LOGITS8, build_model, feature_channels
 from utils import UserError, load_checkpoint
 
 # Construction runs one way: this package builds its networks with model.py's registry; model.py never imports it.
@@ -25,6 +30,9 @@ VOC_WEIGHTS = {  # torchvision's COCO_WITH_VOC_LABELS_V1 weights (21 VOC classes
     "fcn_resnet50": FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
     "deeplabv3_resnet50": DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
     "deeplabv3_resnet101": DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+    "fcn_resnet101": FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+    "lraspp_mobilenet_v3_large": LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+    "deeplabv3_mobilenet_v3_large": DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
 }
 ARCHS = tuple(VOC_WEIGHTS)
 
@@ -41,7 +49,11 @@ class FrozenTeacher(nn.Module):
         self.net = net.eval().requires_grad_(False)
         if winograd:  # the wide 3x3 convs: the same function, 4x fewer multiplications (CPU only; fast.py)
             use_winograd(self.net)
-        self.feature_channels = net.feature_channels
+        self._upto = "upto" in inspect.signature(net.forward).parameters
+
+    def feature_channels(self):
+        """The widths of the three feature maps the feature methods read (a forward probe, model.feature_channels)."""
+        return feature_channels(self.net)[:3]
 
     def train(self, mode=True):  # noqa: ARG002 - a frozen teacher's BatchNorm statistics never move
         return super().train(False)
@@ -51,18 +63,14 @@ class FrozenTeacher(nn.Module):
         """need: 'logits' -> logits; 'features' -> the first three feature maps only (for a ResNet: layer1..layer3,
         no layer4, no head); 'logits8' -> the stride-8 logits before upsampling; a tuple of these names -> a tuple
         of those outputs in that order, from one forward pass (a loss that combines methods asks once per step)."""
-        if need == "features":
-            return self.net(x, return_features=True, upto=3)[1]
-        if need == "logits":
-            return self.net(x)
         names = (need,) if isinstance(need, str) else tuple(need)
         unknown = set(names) - {"logits", "logits8", "features"}
         if unknown:
             raise ValueError(f"FrozenTeacher: need {sorted(unknown)} unknown; ask for logits, logits8 or features")
         if set(names) == {"logits"}:
             got = {"logits": self.net(x)}
-        elif set(names) == {"features"}:
-            got = {"features": self.net(x, return_features=True, upto=3)[1]}
+        elif set(names) == {"features"}:  # a ResNet stops after layer3: layer4 and the head are most of its cost
+            got = {"features": self.net(x, return_features=True, **({"upto": 3} if self._upto else {}))[1][:3]}
         else:
             logits, feats, logits8 = self.net(x, return_features=LOGITS8)
             got = {"logits": logits, "features": feats[:3], "logits8": logits8}

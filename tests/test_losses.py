@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from losses import DistillationLoss, FeatureKD, ResponseKD, SegmentationLoss
-from model import forward_flag
+from model import feature_channels, forward_flag
 from model import TappedSegNet
 from teacher import FrozenTeacher
 
@@ -136,7 +136,7 @@ def test_teacher_frozen_during_distillation(method):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = build_model("light", 5)
     crit = whole(teacher, ResponseKD(0.5, 4.0) if method == "response"
-                 else FeatureKD(student.feature_channels, teacher.feature_channels, 0.5))
+                 else FeatureKD(feature_channels(student), teacher.feature_channels(), 0.5))
     params = list(student.parameters()) + [p for p in crit.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1)
     student.train(), crit.train()

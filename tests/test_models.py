@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from model import MODELS, TappedSegNet, build_model, count_parameters
+from model import LOGITS8, MODELS, TappedSegNet, build_model, count_parameters, feature_channels
 from teacher import FrozenTeacher, TeacherError, hub_weights_path, load_teacher
 
 
@@ -24,15 +24,24 @@ def test_classify_then_upsample_equals_original_order():
     torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
 
 
+# The widths each network's taps give, written out from the architectures (MobileNetV2 / V3-Large blocks, ResNet
+# layer1..4), to check the forward probe against.
+WIDTHS = {"light": (24, 32, 1280), "best": (256, 512, 1024, 2048), "teacher": (256, 512, 1024, 2048),
+          "fcn_resnet50": (256, 512, 1024, 2048), "fcn_resnet101": (256, 512, 1024, 2048),
+          "deeplabv3_resnet50": (256, 512, 1024, 2048), "deeplabv3_resnet101": (256, 512, 1024, 2048),
+          "lraspp_mobilenet_v3_large": (24, 40, 960), "deeplabv3_mobilenet_v3_large": (24, 40, 960)}
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_registry_shapes_and_feature_taps(name):
     model = build_model(name, 5).eval()
     x = torch.randn(2, 3, 48, 64)
     with torch.no_grad():
-        logits, feats = model(x, return_features=True)
-    assert logits.shape == (2, 5, 48, 64)
-    assert len(feats) == len(model.feature_channels) > 0  # no slicing: two empty lists must not pass
-    assert [f.shape[1] for f in feats] == list(model.feature_channels)
+        plain = model(x)
+        logits, feats, logits8 = model(x, return_features=LOGITS8)
+    assert logits.shape == (2, 5, 48, 64) and torch.equal(logits, plain)
+    assert tuple(f.shape[1] for f in feats) == WIDTHS[name] == feature_channels(model)
+    assert logits8.shape[:2] == (2, 5) and logits8.shape[-1] < 64
     total, trainable = count_parameters(model)
     assert total == trainable > 0
 
