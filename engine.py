@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 import fast
 import utils
-from dataset import DATASETS, DatasetError, add_data_args, build_dataset, colorize, denormalize, parse_size
+from dataset import (DatasetError, add_data_args, build_dataset, colorize, dataset_info, denormalize, info_to_dict,
+                     parse_size)
 from model import forward_flag
 
 
@@ -211,7 +212,9 @@ def build_scheduler(args, optimizer, steps_per_epoch):
 def build_data(args, device):
     """The dataset's info, both splits and their loaders (the train loader's sampler seeds every augmentation)."""
     size = parse_size(args.img_size)
-    common = dict(root=args.root_dir, img_size=size, train_split=args.train_split)
+    info = dataset_info(args.dataset, args.root_dir)  # a folder's classes.txt is read (and refused) first
+    common = dict(root=args.root_dir, img_size=size, train_split=args.train_split, ignore_index=args.ignore_index,
+                  val_fraction=args.val_fraction)
     train_set = build_dataset(args.dataset, split="train", train=True, augment=args.augment,
                               geometric=args.geometric, download=args.download, **common)
     val_set = build_dataset(args.dataset, split="val", train=False, val_split=args.val_split, **common)
@@ -229,7 +232,7 @@ def build_data(args, device):
         generator=torch.Generator().manual_seed(args.seed), **loader_kw)
     val_indices = list(range(rank, len(val_set), world))  # no padding: every image counted exactly once
     val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=val_indices, **loader_kw)
-    return SimpleNamespace(info=DATASETS[args.dataset], train_set=train_set, val_set=val_set,
+    return SimpleNamespace(info=info, train_set=train_set, val_set=val_set,
                            train_loader=train_loader, val_loader=val_loader)
 
 
@@ -248,8 +251,10 @@ def session(args):
 
 # --------------------------------------------------------------------------- checkpoints
 def checkpoint_meta(args, mode, info, extra_meta):
-    return {"model_name": args.model_name, "num_classes": info.num_classes, "dataset": info.name, "mode": mode,
-            **extra_meta, "args": dict(vars(args))}
+    """What every checkpoint records besides the weights: the network, the dataset and its classes (dataset_info:
+    names and palette, so predict.py and export.py need no data folder), the mode and the args."""
+    return {"model_name": args.model_name, "num_classes": info.num_classes, "dataset": info.name,
+            "dataset_info": info_to_dict(info), "mode": mode, **extra_meta, "args": dict(vars(args))}
 
 
 def check_compatible(ckpt, args, info, path):

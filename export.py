@@ -29,7 +29,7 @@ import warnings
 import torch
 
 import utils
-from dataset import DATASETS, MEAN, STD, parse_size
+from dataset import MEAN, STD, parse_size, recorded_info
 from model import load_trained
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -62,16 +62,16 @@ def network_to_export(model):
     return copy.deepcopy(model).eval()
 
 
-def describe(meta, size):
-    """What a deployment needs besides the network, stored inside the exported file."""
-    info = DATASETS[meta["dataset"]]
+def describe(info, size):
+    """What a deployment needs besides the network, stored inside the exported file (info: the checkpoint's
+    dataset, dataset.recorded_info)."""
     return json.dumps({"dataset": info.name, "class_names": list(info.class_names),
                        "palette": [list(c) for c in info.palette], "mean": list(MEAN), "std": list(STD),
                        "img_size": list(size), "input": "image: float32 N,3,H,W, RGB in [0,1] then (x-mean)/std",
                        "output": "logits: float32 N,C,H,W; the class is the argmax over C"})
 
 
-def export_onnx(net, size, dynamic, path, meta):
+def export_onnx(net, size, dynamic, path, info):
     try:
         import onnxscript  # noqa: F401 - torch's ONNX exporter needs it; say so before a long trace, not after
     except ImportError:
@@ -87,17 +87,17 @@ def export_onnx(net, size, dynamic, path, meta):
                                     dynamic_shapes=shapes, verbose=False)
     proto = program.model_proto
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "segkd", describe(meta, size)
+    entry.key, entry.value = "segkd", describe(info, size)
     utils.atomic_write_bytes(path, proto.SerializeToString())  # one file: a student is far below protobuf's 2 GB
 
 
-def export_torchscript(net, size, path, meta):
+def export_torchscript(net, size, path, info):
     with warnings.catch_warnings():
         # torch 2.14 marks torch.jit deprecated (three FutureWarnings per trace); the docstring says ONNX is preferred
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(net, torch.zeros(1, 3, *size), check_trace=False)
         buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files={"segkd.json": describe(meta, size)})
+        torch.jit.save(traced, buf, _extra_files={"segkd.json": describe(info, size)})
     utils.atomic_write_bytes(path, buf.getvalue())
 
 
@@ -197,10 +197,11 @@ def main(args):
     if not args.check_only:
         t = time.perf_counter()
         net = network_to_export(model)
+        info = recorded_info(utils.load_checkpoint(args.weights), meta["dataset"])
         if fmt == "onnx":
-            export_onnx(net, size, args.dynamic, path, meta)
+            export_onnx(net, size, args.dynamic, path, info)
         else:
-            export_torchscript(net, size, path, meta)
+            export_torchscript(net, size, path, info)
         takes = "any size" if args.dynamic else "x".join(map(str, (1, 3, *size)))
         print(f"exported {meta['description']} to {path} ({fmt}, input {takes}, {os.path.getsize(path) / 2**20:.1f} "
               f"MiB) in {time.perf_counter() - t:.1f} s")

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import utils
-from dataset import DATASETS, MEAN, STD, DatasetError, colorize, parse_size
+from dataset import MEAN, STD, DatasetError, colorize, parse_size, recorded_info
 from engine import make_autocast
 from fast import setup_backends
 from model import load_trained
@@ -158,12 +158,13 @@ def save_outputs(name, image, mask, info, out_dir):
         utils.atomic_write_bytes(os.path.join(out_dir, folder, f"{name}.png"), buf.getvalue())
 
 
-def checkpoint_img_size(path):
-    """The H, W the checkpoint was trained at (its recorded args), else 256x256 (the original's size)."""
+def checkpoint_record(path, dataset):
+    """What the checkpoint says besides the network: the H, W it was trained at (its recorded args, else 256x256,
+    the original's size) and its dataset's classes and palette (its dataset_info, else those of `dataset`)."""
     ckpt = utils.load_checkpoint(path)
     args = ckpt.get("args") if isinstance(ckpt, dict) else None  # the original's state dicts record none
     saved = args.get("img_size") if isinstance(args, dict) else None
-    return parse_size(saved) if saved else (256, 256)
+    return (parse_size(saved) if saved else (256, 256)), recorded_info(ckpt, dataset)
 
 
 def main(args):
@@ -174,10 +175,10 @@ def main(args):
     device = resolve_device(args.device)
     setup_backends(device)
     model, meta = load_trained(args.weights)
-    size = parse_size(args.img_size) if args.img_size else checkpoint_img_size(args.weights)
+    trained_size, info = checkpoint_record(args.weights, meta["dataset"])
+    size = parse_size(args.img_size) if args.img_size else trained_size
     for note in meta["notes"]:
         print(f"note: {note}")
-    info = DATASETS[meta["dataset"]]
     if meta["num_classes"] != info.num_classes:
         raise utils.CheckpointError(f"{args.weights}: {meta['num_classes']} classes, but its dataset "
                                     f"{info.name} has {info.num_classes}: the class names would not match")

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import utils
-from dataset import DATASETS, add_data_args, build_dataset, parse_size
+from dataset import add_data_args, build_dataset, dataset_info, parse_size
 from engine import evaluate, make_autocast, run_cli, save_predictions
 from fast import setup_backends
 from model import load_trained
@@ -77,10 +77,11 @@ def load_network(args, info, device):
 
 def main(args):
     device, _ = utils.init_distributed(args.device)
-    info = DATASETS[args.dataset]
+    info = dataset_info(args.dataset, args.root_dir)
     size = parse_size(args.img_size)
     val_set = build_dataset(args.dataset, args.root_dir, "val", size, train=False, train_split=args.train_split,
-                            download=args.download, val_split=args.val_split)
+                            download=args.download, val_split=args.val_split, ignore_index=args.ignore_index,
+                            val_fraction=args.val_fraction)
     model, description = load_network(args, info, device)
     model = model.eval().to(device)
     if args.channels_last:

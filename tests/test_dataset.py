@@ -140,10 +140,14 @@ def test_bad_files_are_named(synthetic_root, tmp_path):
     with pytest.raises(DatasetError, match="not_there"):
         build_dataset("voc", str(tmp_path / "voc"), "val", SIZE, train=False)
     open(lst, "w").write("\n".join(ids) + "\n")
-    # truncated image
+    # truncated image: cut inside its header, the pre-flight names it when the split is built; cut in its pixel
+    # data (the header whole), it is named when it is decoded
     jpg = os.path.join(base, "JPEGImages", ids[0] + ".jpg")
     data = open(jpg, "rb").read()
     open(jpg, "wb").write(data[: len(data) // 3])
+    with pytest.raises(DatasetError, match=f"pre-flight .*{ids[0]}"):
+        build_dataset("voc", str(tmp_path / "voc"), "val", SIZE, train=False)
+    open(jpg, "wb").write(data[: data.index(b"\xff\xda") + 40])  # 40 bytes past the start-of-scan marker
     ds = build_dataset("voc", str(tmp_path / "voc"), "val", SIZE, train=False)
     with pytest.raises(DatasetError, match=ids[0]):
         ds[0]
