@@ -416,11 +416,24 @@ def _voc_files(root, split, train_split, download):
 # is then looked at only by the final table.
 CAMVID_DEV_SEQUENCE = "0001TP"
 CAMVID_DERIVED = {"dev": True, "train_no_dev": False}  # name -> keep the dev sequence's frames (else drop them)
+# Few labels (experiments.py --preset camvid_few): SPLIT_quarter holds the first quarter (rounded up) of each
+# sequence's frames of SPLIT, in file order: whole runs of consecutive frames, since neighbouring frames nearly repeat.
+CAMVID_FEW = "_quarter"
+
+
+def _camvid_quarter(root, name, download):
+    pairs, _ = _camvid_files(root, "train", name.removesuffix(CAMVID_FEW), download)
+    runs = {}
+    for pair in sorted(pairs, key=lambda p: os.path.basename(p[0])):
+        runs.setdefault(os.path.basename(pair[0]).split("_")[0], []).append(pair)
+    return [p for seq in sorted(runs) for p in runs[seq][:-(-len(runs[seq]) // 4)]], name
 
 
 def _camvid_files(root, split, train_split, download):
     base = os.path.abspath(root)
     name = ("train" if train_split == "auto" else train_split) if split == "train" else split
+    if name.endswith(CAMVID_FEW):
+        return _camvid_quarter(root, name, download)
     if name in CAMVID_DERIVED:
         pairs, _ = _camvid_files(root, "train", "train", download)
         keep = CAMVID_DERIVED[name]

@@ -13,6 +13,7 @@ every checkpoint from it. The training scripts and test.py are thin command line
         return engine.fit(args, run, model, loss, data, device, meta)
 """
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -53,6 +54,9 @@ def get_args_parser(description, add_help=True):
     p = argparse.ArgumentParser(description=description, add_help=add_help)
     p.add_argument("--epochs", type=int, default=500)
     p.add_argument("--save_dir", default="weights")
+    p.add_argument("--steps_per_epoch", type=int, default=0,
+                   help="0: an epoch is one pass over the training split; N: the first N batches of each epoch's "
+                        "shuffled pass (one budget in steps for runs whose splits differ in size)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--weight_decay", type=float, default=1e-4)
@@ -90,6 +94,7 @@ def check_args(args, parser, rules=()):
         ("learning_rate", lambda v: v > 0, "must be > 0"),
         ("weight_decay", lambda v: v >= 0, "must be >= 0"),
         ("num_workers", lambda v: v >= -1, "must be >= 0, or -1 (auto)"),
+        ("steps_per_epoch", lambda v: v >= 0, "must be >= 0 (0: one pass over the training split)"),
     ]
     for name, ok, why in [*common, *rules]:
         if hasattr(args, name) and not ok(getattr(args, name)):
@@ -230,10 +235,31 @@ def build_data(args, device):
         train_set, batch_size=args.batch_size, sampler=sampler, drop_last=per_rank >= args.batch_size,
         # The loader's own generator: drawing worker seeds must not move the global RNG (exact resume).
         generator=torch.Generator().manual_seed(args.seed), **loader_kw)
+    if args.steps_per_epoch:
+        if args.steps_per_epoch > len(train_loader):
+            raise DatasetError(f"--steps_per_epoch {args.steps_per_epoch}: the training split gives "
+                               f"{len(train_loader)} batches per pass; ask for at most that many")
+        train_loader = FirstBatches(train_loader, args.steps_per_epoch)
     val_indices = list(range(rank, len(val_set), world))  # no padding: every image counted exactly once
     val_loader = DataLoader(val_set, batch_size=args.batch_size, sampler=val_indices, **loader_kw)
     return SimpleNamespace(info=info, train_set=train_set, val_set=val_set,
                            train_loader=train_loader, val_loader=val_loader)
+
+
+class FirstBatches:
+    """The first n batches of a loader's pass (--steps_per_epoch); its sampler and settings are the loader's."""
+
+    def __init__(self, loader, n):
+        self.loader, self.n = loader, n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+    def __getattr__(self, name):  # sampler, num_workers, pin_memory ...
+        return getattr(self.loader, name)
 
 
 @contextmanager

@@ -45,6 +45,10 @@ PRESETS = {
                     "--scheduler", "poly", "--augment", "train", "--geometric", "--monitor", "miou"],
         "response": ["--kd_reduction", "pixel", "--alpha", "0.9", "--temperature", "4"],
         "feature": ["--kd_reduction", "pixel", "--alpha", "0.9"],
+        # "@u" rows: the same student with the teacher's own images offered without masks (train_kd.py --unlabeled),
+        # 8 of them appended to every step's 8 labelled ones: the same steps, twice the images
+        "unlabeled": ["--unlabeled", "split:train_large", "--unlabeled_batch", "8"],
+        "rows": ["response@u", "feature@u"],
         "note": ("What this demo shows: the pipeline runs end to end (data, teacher, three students, test, table), "
                  "and whether, on this data, the distillation terms carry the teacher's knowledge: the three "
                  "students share one budget (epochs, lr, batch, seed, augmentation) and differ only by the "
@@ -87,6 +91,18 @@ PRESETS = {
                       "affinity, mgd weights": "none (train_kd.py's defaults, their papers'; not run on dev)",
                       "combination feature+cwd": "dev (+6.3 against feature +4.7 and cwd +4.2, one seed)"},
     },
+}
+# CamVid with few labels (issue 22): the camvid preset's teacher (every label) and student recipe; the students have
+# the masks of the first quarter of each train sequence (dataset.py's SPLIT_quarter) and, in the '@u' rows, every
+# train frame without its mask, 8 appended to each step's 8 labelled ones; scratch_all has every label and the same
+# steps (--steps_per_epoch). On the development split the held-out sequence is in neither the labels nor the pool.
+PRESETS["camvid_few"] = {
+    **PRESETS["camvid"],
+    "few_labels": {"val": ("train_quarter", "split:train"), "dev": ("train_no_dev_quarter", "split:train_no_dev")},
+    "unlabeled_batch": "8",
+    "methods": ["response", "response@u", "feature", "feature@u", "dist", "dist@u", "feature+cwd", "feature+cwd@u"],
+    "chosen_on": {**PRESETS["camvid"]["chosen_on"],
+                  "unlabelled images per step 8 (1:1)": "none (the default; not compared)"},
 }
 
 
@@ -163,12 +179,21 @@ def prepare_synthetic(root, recipe, seed, steps, own):
 SPLITS = {"val": ([], []), "dev": (["--train_split", "train_no_dev"], ["--val_split", "dev"])}  # (train, val) flags
 
 
+UNLABELED = "@u"  # a method name's suffix: the run also takes the preset's --unlabeled images
+
+
 def method_flags(preset, method):
-    """The preset's flags for a method; a combination 'a+b' gets each part's flags."""
+    """The preset's flags for a method; a combination 'a+b' gets each part's flags; 'a@u' also the preset's
+    unlabelled images."""
     flags = []
-    for part in method.split("+"):
+    for part in method.removesuffix(UNLABELED).split("+"):
         flags += preset.get(part, [])
-    return flags
+    return flags + (preset["unlabeled"] if method.endswith(UNLABELED) else [])
+
+
+def run_name(method):
+    """'feature+cwd@u' -> 'feature_cwd_unl': the files' prefix and the table's row key."""
+    return method.replace("+", "_").replace(UNLABELED, "_unl")
 
 
 def is_seeded(args):
@@ -212,8 +237,8 @@ def student_argv(preset, method, flags, student):
     """train.py for "scratch", else train_kd.py with the method's flags ('a+b' runs a and b in one loss)."""
     if method == "scratch":
         return ["train.py", "--model_name", "light", *flags, *student]
-    return ["train_kd.py", "--kd_method", method.replace("+", ","), "--model_name", "light", *flags, *student,
-            *method_flags(preset, method)]
+    return ["train_kd.py", "--kd_method", method.removesuffix(UNLABELED).replace("+", ","), "--model_name", "light",
+            *flags, *student, *method_flags(preset, method)]
 
 
 def run_tests(args, preset, out, data, results_csv, sources, pictures):
@@ -222,7 +247,9 @@ def run_tests(args, preset, out, data, results_csv, sources, pictures):
     if os.path.exists(results_csv):
         os.remove(results_csv)  # the table is rebuilt from the checkpoints each time
     for mode, source in sources.items():
-        run_step(f"test {mode}", ["test.py", "--training_mode", mode, *data, *source, "--teacher_arch",
+        base = mode.split("_unl")[0] if mode.endswith("_unl") else mode  # test.py's mode; the row keeps the run name
+        source = source if base == mode else [*source, "--run_name", mode]
+        run_step(f"test {mode}", ["test.py", "--training_mode", base, *data, *source, "--teacher_arch",
                                   teacher_arch(preset), "--device", args.device, "--num_workers",
                                   str(args.num_workers), "--results_csv", results_csv, *pictures, "--no_progress"],
                  os.path.join(out, f"test_{mode}.out"))
@@ -241,15 +268,18 @@ def main(args):
         prepare_synthetic(root, preset["synthetic"], args.seed, steps, own=args.root_dir is None)
     root = os.path.abspath(root)
     data = ["--dataset", preset["dataset"], "--root_dir", root, "--img_size", *(args.img_size or preset["img_size"])]
-    if is_seeded(args):
+    if is_seeded(args) or "few_labels" in preset:
         return run_seeded(args, preset, data, out, weights)
     common = base_flags(args, data, weights, seed=args.seed)
     student = student_flags(args, preset)
     plan = {"teacher": teacher_argv(args, preset, common), "regular": student_argv(preset, "scratch", common, student),
             "response": student_argv(preset, "response", common, student),
-            "feature": student_argv(preset, "feature", common, student)}
-    wanted = args.modes.split(",")
-    for mode in MODES:
+            "feature": student_argv(preset, "feature", common, student),
+            **{run_name(m): [*student_argv(preset, m, common, student), "--run_name", run_name(m)]
+               for m in preset.get("rows", ())}}
+    wanted = args.modes.split(",") + ([run_name(m) for m in preset.get("rows", ())] if args.modes == ",".join(MODES)
+                                      else [])
+    for mode in plan:
         if mode in wanted:
             seconds = run_step(mode, plan[mode], os.path.join(out, f"{mode}.out"))
             if "already finished" not in open(os.path.join(out, f"{mode}.out")).read():
@@ -257,7 +287,7 @@ def main(args):
                 utils.atomic_write_text(steps_path, json.dumps(steps, indent=1))
 
     run_tests(args, preset, out, data, os.path.join(out, "results.csv"),
-              {mode: ["--save_dir", weights] for mode in MODES if mode in wanted},
+              {mode: ["--save_dir", weights] for mode in plan if mode in wanted},
               ["--vis_dir", os.path.join(out, "visualizations"), "--num_vis", "4"])
     write_table(out, weights, steps, args)
 
@@ -270,9 +300,10 @@ def write_table(out, weights, steps, args):
                  "best epoch | train time |")
     lines.append("|---|---|---|---|---|---|---|")
     names = {"teacher": "teacher", "regular": "student from scratch", "response": "student, response KD",
-             "feature": "student, feature KD"}
+             "feature": "student, feature KD", "response_unl": "student, response KD + unlabelled images",
+             "feature_unl": "student, feature KD + unlabelled images"}
     for r in rows:
-        mode = r["training_mode"]
+        mode = r.get("run") or r["training_mode"]
         log = os.path.join(weights, f"{mode}_log.jsonl")
         hist = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
         best = max(hist, key=lambda h: h["val_miou"])["epoch"] if hist else "-"
@@ -290,10 +321,10 @@ def write_table(out, weights, steps, args):
                                title=f"students' validation mIoU ({args.preset})")
     print("\n" + table)
     print(f"written: {out}/results.md, results.csv, curves.png, visualizations/")
-    miou = {r["training_mode"]: float(r["mIoU_with_ignore"]) for r in rows}
+    miou = {r.get("run") or r["training_mode"]: float(r["mIoU_with_ignore"]) for r in rows}
     if "regular" in miou:
         print("\nmIoU against the student from scratch: " + ", ".join(
-            f"{names[m]} {100 * (miou[m] - miou['regular']):+.1f} points" for m in MODES if m in miou and m != "regular"))
+            f"{names[m]} {100 * (miou[m] - miou['regular']):+.1f} points" for m in miou if m != "regular"))
     if PRESETS[args.preset].get("note"):
         print("\n" + PRESETS[args.preset]["note"])
 
@@ -334,12 +365,43 @@ def teacher_guard(teacher_miou, scratch_mious, split):
                                "is not a result (train a stronger teacher first)"))
 
 
+def few_labels(args, preset, data, student):
+    """camvid_few: the students' labelled split, the preset with its unlabelled pool, and scratch_all's flags (every
+    label, as many steps per epoch as the labelled quarter gives)."""
+    import dataset
+
+    labelled, pool = preset["few_labels"][args.split]
+    full = SPLITS[args.split][0][1:] or ["train"]
+    root = data[data.index("--root_dir") + 1]
+    argv = [*args.extra.split(), *student]  # the order of a student's argv: the last --batch_size wins
+    batch = int(argv[len(argv) - 1 - argv[::-1].index("--batch_size") + 1])
+    n, n_all = (len(dataset.build_dataset(preset["dataset"], root, "train", (8, 8), train=False, cache=False,
+                                          train_split=split).files) for split in (labelled, *full))
+    steps = n // batch if n >= batch else 1  # engine.build_data drops the last partial batch when it can
+    preset = {**preset, "unlabeled": ["--unlabeled", pool, "--unlabeled_batch", preset["unlabeled_batch"]]}
+    scratch_all = ["--train_split", *full, "--steps_per_epoch", str(steps)]
+    return ([*student, "--train_split", labelled], preset, scratch_all,
+            {"steps_per_epoch": steps, "batch": min(batch, n), "batch_all": min(batch, n_all)})
+
+
+def budget(method, epochs, shape):
+    """(unlabeled 0/1, optimizer steps, images seen) of a student row of the few-label table."""
+    steps = epochs * shape["steps_per_epoch"]
+    extra = int(shape["unlabeled_batch"]) if method.endswith(UNLABELED) else 0
+    labelled = shape["batch_all"] if method == "scratch_all" else shape["batch"]
+    return int(method.endswith(UNLABELED)), steps, steps * (labelled + extra)
+
+
 def run_seeded(args, preset, data, out, weights):
     seeds = [int(x) for x in (args.seeds or str(args.seed)).split(",")]
     methods = (args.methods or ",".join(preset.get("methods", ("response", "feature")))).split(",")
     base = base_flags(args, data, weights, args.split)
     student = student_flags(args, preset)
     teacher_last = os.path.join(weights, "teacher_last.pth")
+    few = None
+    if "few_labels" in preset:
+        student, preset, scratch_all, few = few_labels(args, preset, data, student)
+        few["unlabeled_batch"] = preset["unlabeled_batch"]
 
     def step(run, argv):
         log = os.path.join(weights, f"{run}_log.jsonl")
@@ -359,6 +421,10 @@ def run_seeded(args, preset, data, out, weights):
     for seed in seeds:
         record("scratch", seed, step(f"scratch_s{seed}",
                                      student_argv(preset, "scratch", [*base, "--seed", str(seed)], student)))
+    if few:
+        for seed in seeds:
+            record("scratch_all", seed, step(f"scratch_all_s{seed}", student_argv(
+                preset, "scratch", [*base, "--seed", str(seed)], [*student, *scratch_all])))
     verdict = teacher_guard(t_miou, finals["scratch"], args.split)
     print("\n" + verdict + "\n", flush=True)
     for method in methods:
@@ -380,12 +446,17 @@ def run_seeded(args, preset, data, out, weights):
     for row in table:
         row["train_min"] = round(sum(seconds[row["method"]]) / len(seconds[row["method"]]) / 60, 2)
         row["ms_per_image"] = ms["teacher" if row["method"] == "teacher" else "regular"]
-    write_seeded(out, table, curves, verdict, args, len(seeds), preset.get("chosen_on", {}))
+        if few:  # the teacher's budget: its own log's epochs over the whole train split
+            epochs = len(curves[row["method"]][0][0]) if row["method"] in curves else None
+            row["unlabeled"], row["steps"], row["images_seen"] = (
+                budget(row["method"], epochs, few) if epochs else ("0", "", ""))
+    write_seeded(out, table, curves, verdict, args, len(seeds), preset.get("chosen_on", {}),
+                 extra_columns=("unlabeled", "steps", "images_seen") if few else ())
 
 
-def write_seeded(out, table, curves, verdict, args, n_seeds, chosen_on=None):
+def write_seeded(out, table, curves, verdict, args, n_seeds, chosen_on=None, extra_columns=()):
     columns = ["method", "seeds", "mean_miou", "min_miou", "max_miou", "gain", "gap_closed", "gain_beyond_ranges",
-               "train_min", "ms_per_image"]
+               "train_min", "ms_per_image", *extra_columns]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731 - mIoU as fractions
     lines = [",".join(columns)] + [",".join(fmt(r[c]) for c in columns) for r in table]
     utils.atomic_write_text(os.path.join(out, "results_seeds.csv"), "\n".join(lines) + "\n")

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 import utils
@@ -31,13 +31,10 @@ from dataset import MEAN, STD, DatasetError, colorize, parse_size, recorded_info
 from engine import make_autocast
 from fast import setup_backends
 from model import load_trained
+from unlabeled import UnreadableImage, read_image
 
 OVERLAY_ALPHA = 0.5  # weight of the coloured mask in the overlay
 BAND_BYTES = 64 * 2**20  # resized logits held at once: a 12-megapixel photo's 21 maps would take 1 GB
-
-
-class UnreadableImage(Exception):
-    """This file is skipped and counted; the others go on."""
 
 
 def resolve_device(name):
@@ -92,29 +89,6 @@ def list_inputs(paths, out_dir):
                                "predict them in separate runs")
         names[name] = f
     return files
-
-
-def read_image(path):
-    """Any file PIL reads -> upright RGB uint8 array. Raises UnreadableImage with the reason."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # PIL decodes lazily: a truncated file fails here, inside the try
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I;16") or im.mode == "I":
-                # 16-bit grayscale (PNG, TIFF): convert("RGB") would clip everything above 255 to white.
-                a = (np.asarray(im, dtype=np.float64).clip(0, 65535) / 257).round().astype(np.uint8)
-                return np.repeat(a[..., None], 3, axis=2)
-            if im.mode == "F":
-                raise UnreadableImage(f"{path}: floating-point pixels (mode F) have no standard range; save it "
-                                      "as 8 or 16 bits")
-            if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                return np.array(Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB"))
-            return np.array(im.convert("RGB"))
-    except UnreadableImage:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever the decoder (or its EXIF parser) trips on, the file is unusable
-        raise UnreadableImage(f"{path}: cannot read it as an image ({type(e).__name__}: {e})") from None
 
 
 def to_input(image, size):

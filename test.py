@@ -107,7 +107,8 @@ def main(args):
     print(f"pixel accuracy (255 excluded):  {res['pixel_acc']:.4f}")
     print(f"inference time: {ms:.2f} ms/image (batch {args.batch_size})")
 
-    row = {"training_mode": args.training_mode, "mIoU_with_ignore": f"{res['miou']:.4f}",
+    row = {"training_mode": args.training_mode, "run": args.run_name or args.training_mode,
+           "mIoU_with_ignore": f"{res['miou']:.4f}",
            "mIoU_without_ignore": f"{res['miou_clamped']:.4f}", "avg_inference_time_ms": f"{ms:.3f}",
            "pixel_accuracy": f"{res['pixel_acc']:.4f}", "model": description, "dataset": info.name,
            "split": args.val_split, "img_size": f"{size[0]}x{size[1]}", "device": str(device),

@@ -25,6 +25,7 @@ import torch
 import engine
 import losses
 import train
+import unlabeled
 import utils
 from teacher import load_teacher
 
@@ -56,6 +57,12 @@ def get_args_parser():
         source = f" [default: {f.source}]" if f.source else ""
         g.add_argument(f"--{f.name}", type=f.type, default=f.default, choices=f.choices, help=f.help + source)
     p.add_argument("--teacher_weights", default=None, help="teacher weights file (see teacher/)")
+    u = p.add_argument_group("images without masks (unlabeled.py)")
+    u.add_argument("--unlabeled", default=None, metavar="PATH",
+                   help="a folder of images without masks (searched recursively), or split:NAME (a split of "
+                        "--dataset, its masks ignored): they bring the distillation terms only")
+    u.add_argument("--unlabeled_batch", type=int, default=None,
+                   help="unlabelled images appended to every step's labelled batch (default: --batch_size)")
     # The original train_kd.py: AdamW, a stronger photometric augmentation, and schedule/early stopping/best
     # checkpoint on val mIoU (its train.py watched val loss).
     p.set_defaults(optimizer="adamw", augment="kd", monitor="miou")
@@ -64,7 +71,22 @@ def get_args_parser():
 
 def rules():
     """The checks of the methods' flags, as engine.check_args takes them."""
-    return [(f.name, f.check, f.why) for f in losses.all_flags().values() if f.check is not None]
+    return [(f.name, f.check, f.why) for f in losses.all_flags().values() if f.check is not None] + [
+        ("unlabeled_batch", lambda v: v is None or v >= 1, "must be at least 1")]
+
+
+def add_unlabeled(args, data, criterion):
+    """--unlabeled: every step's batch gains --unlabeled_batch images without masks (unlabeled.MixedLoader). With
+    every distillation weight at 0 they could bring nothing, and are not loaded: the labelled-only run exactly."""
+    if not args.unlabeled:
+        return
+    if all(m.weight == 0 for m in criterion.methods.values()):
+        if utils.is_main():
+            print(f"note: --unlabeled {args.unlabeled} not loaded: every distillation weight is 0")
+        return
+    images = unlabeled.build_unlabeled(args, data.info, data.val_set)
+    data.train_loader = unlabeled.MixedLoader(data.train_loader, images, args.unlabeled_batch or args.batch_size,
+                                              args.seed, utils.get_rank(), utils.get_world_size())
 
 
 def build_criterion(args, student, info, device):
@@ -89,6 +111,7 @@ def main(args):
         data = engine.build_data(args, device)
         model, meta = train.build_network(args, data.info.num_classes)
         criterion = build_criterion(args, model, data.info, device)
+        add_unlabeled(args, data, criterion)
         return engine.fit(args, args.kd_method.replace(",", "_"), model, criterion, data, device, meta,
                           may_change={"teacher_weights"})
 

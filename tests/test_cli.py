@@ -229,8 +229,10 @@ def test_experiments_recipe_runs_and_skips_finished_steps(torch_home, tmp_path):
     assert "16 images from split 'train_large'" in teacher_log  # the teacher's set: the students' 8 + 8 more
     assert "8 images from split 'train'" in (tmp_path / "out" / "regular.out").read_text()
     table = (tmp_path / "out" / "results.md").read_text()
-    for name in ("teacher", "student from scratch", "student, response KD", "student, feature KD"):
+    for name in ("teacher", "student from scratch", "student, response KD", "student, feature KD",
+                 "student, response KD + unlabelled images", "student, feature KD + unlabelled images"):
         assert f"| {name} |" in table
+    assert "unlabeled: 16 images from split:train_large" in (tmp_path / "out" / "response_unl.out").read_text()
     assert (tmp_path / "out" / "curves.png").is_file()
     assert first.stdout.count("already finished") == 0
     again = run_cli([*args, "--modes", "teacher,regular"], tmp_path, torch_home, timeout=600)

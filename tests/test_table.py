@@ -105,3 +105,32 @@ def test_gap_closed_stays_empty_when_the_teacher_does_not_lead(teacher):
     guard = experiments.teacher_guard(teacher, [0.30, 0.34], "val")
     assert guard.startswith(f"guard: teacher {teacher:.4f} vs scratch student 0.3200 (mean of 2 seeds) on val: ")
     assert "THE TEACHER IS NOT BETTER THAN THE STUDENT FROM SCRATCH" in guard and "leads" not in guard
+
+
+def test_few_label_table_on_the_development_split(tmp_path, torch_home):
+    """camvid_few: the students' masks are the first quarter of each sequence (the held-out one excluded), '@u' rows
+    add every other train frame without masks, scratch_all has every label and the same steps; the table states
+    each row's steps and images seen."""
+    write_camvid(tmp_path / "camvid", np.random.default_rng(1))
+    out = tmp_path / "out"
+    run_cli([os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few", "--root_dir", str(tmp_path / "camvid"),
+             "--img_size", "24", "32", "--teacher_epochs", "1", "--student_epochs", "2", "--seeds", "0",
+             "--methods", "response@u", "--split", "dev", "--out_dir", str(out), "--num_workers", "0",
+             "--device", "cpu", "--extra", "--batch_size 2"], tmp_path, torch_home, timeout=600)
+    assert "6 images from split 'train_no_dev'" in (out / "teacher.out").read_text()
+    quarter = (out / "scratch_s0.out").read_text()
+    assert "2 images from split 'train_no_dev_quarter'" in quarter  # ceil(6 / 4) frames of 0006R0, none of 0001TP
+    unl = (out / "response@u_s0.out").read_text()
+    assert "2 images from split 'train_no_dev_quarter'" in unl and "unlabeled: 6 images from split:train_no_dev" in unl
+    assert "6 images from split 'train_no_dev'" in (out / "scratch_all_s0.out").read_text()
+    with open(out / "results_seeds.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["teacher", "scratch", "scratch_all", "response@u"]
+    # 2 epochs of 1 step (2 labelled frames; the preset's batch 8 is the last --batch_size); response@u appends 8
+    # unlabelled images to each step
+    assert (rows["scratch"]["unlabeled"], rows["scratch"]["steps"], rows["scratch"]["images_seen"]) == ("0", "2", "4")
+    assert (rows["scratch_all"]["steps"], rows["scratch_all"]["images_seen"]) == ("2", "12")  # 6 frames a step
+    assert (rows["response@u"]["unlabeled"], rows["response@u"]["steps"], rows["response@u"]["images_seen"]) == (
+        "1", "2", "20")
+    for run in ("scratch_s0", "scratch_all_s0", "response@u_s0"):
+        assert len((out / "weights" / f"{run}_log.jsonl").read_text().splitlines()) == 2
