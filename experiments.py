@@ -49,14 +49,15 @@ PRESETS = {
         # 8 of them appended to every step's 8 labelled ones: the same steps, twice the images
         "unlabeled": ["--unlabeled", "split:train_large", "--unlabeled_batch", "8"],
         "rows": ["response@u", "feature@u"],
-        "note": ("What this demo shows: the pipeline runs end to end (data, teacher, three students, test, table), "
-                 "and whether, on this data, the distillation terms carry the teacher's knowledge: the three "
-                 "students share one budget (epochs, lr, batch, seed, augmentation) and differ only by the "
-                 "distillation term, so a KD row above the scratch row is what that term brought.\n"
+        "note": ("What this demo shows: the pipeline runs end to end (data, teacher, five students, test, table), "
+                 "and whether, on this data, the distillation terms carry the teacher's knowledge: the students "
+                 "share one budget (steps, lr, batch, seed, augmentation) and differ only by the distillation term "
+                 "(and, in the last two, the teacher's own images offered without masks), so a KD row above the "
+                 "scratch row is what that term brought.\n"
                  "What it does not show: anything about PASCAL VOC. The data are synthetic textured shapes (5 "
                  "classes, 64x64, made in this run); the teacher is the student's own architecture trained on 4x "
                  "the students' images (as the real teacher saw COCO), not a ResNet50; one seed, so read a margin "
-                 "of a few points as such (docs/demo_notes.md has three seeds of each student)."),
+                 "of a few points as such (docs/demo_notes.md has three student seeds of every row)."),
     },
     # CamVid at half resolution. The teacher is the student's architecture trained 4x longer (born-again
     # distillation): a ResNet50 trained from scratch on 367 images is no better than the student (README).

@@ -59,3 +59,21 @@ def run_cli(args, cwd, torch_home=None, check=True, timeout=300):
 def hub_file(torch_home, arch="fcn_resnet50"):
     """Where torch_home's hub cache holds torchvision's VOC weights of `arch` (the file a user's download makes)."""
     return os.path.join(torch_home, "hub", "checkpoints", os.path.basename(VOC_WEIGHTS[arch].url))
+
+
+def kill_after_first_epoch(args, cwd, save_dir, run):
+    """Start a training command, SIGKILL it once RUN_log.jsonl holds an epoch; returns its RUN_last.pth as left."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, *args, "--save_dir", str(save_dir)], cwd=cwd, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = os.path.join(save_dir, f"{run}_log.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.exists(log) and open(log).read().count("\n") >= 1):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = torch.load(os.path.join(save_dir, f"{run}_last.pth"), weights_only=True)
+    assert not last["finished"], "the run ended before it was killed: nothing was tested"
+    return last

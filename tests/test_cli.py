@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, hub_file, run_cli
+from conftest import ROOT, cli_env, hub_file, kill_after_first_epoch, run_cli
 
 SMALL = ["--img_size", "32", "--batch_size", "4", "--num_workers", "0", "--no_progress"]
 
@@ -144,16 +144,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path)
             "--batch_size", "2", "--num_workers", "0", "--no_progress", "--num_vis", "0", "--seed", "3"]
     run_cli(args + ["--save_dir", str(tmp_path / "a")], tmp_path)
     b = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, *args, "--save_dir", str(b)], cwd=tmp_path, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after_first_epoch(args, tmp_path, b, "regular")
     log = b / "regular_log.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(b / "regular_last.pth", weights_only=True)
-    assert not killed_at["finished"], "the run ended before it was killed: nothing was tested"
     resumed = run_cli(args + ["--save_dir", str(b), "--resume", "auto"], tmp_path)
     assert f"resumed from {b / 'regular_last.pth'}" in resumed.stdout
     a_w, b_w = last_weights(tmp_path / "a" / "regular_last.pth"), last_weights(b / "regular_last.pth")

@@ -4,10 +4,6 @@ split across processes."""
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +15,7 @@ import model
 import train_kd
 import unlabeled
 import utils
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, kill_after_first_epoch, run_cli
 from dataset import make_synthetic_voc
 
 SMALL = ["--img_size", "32", "--batch_size", "2", "--num_workers", "0", "--no_progress", "--num_vis", "0",
@@ -179,15 +175,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(setup, tmp_path):
             "--unlabeled", setup["pool"], "--unlabeled_batch", "2", "--geometric"]
     run_cli(args + ["--save_dir", str(tmp_path / "a")], tmp_path)
     b = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, *args, "--save_dir", str(b)], cwd=tmp_path, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after_first_epoch(args, tmp_path, b, "response_mgd")
     log = b / "response_mgd_log.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not torch.load(b / "response_mgd_last.pth", weights_only=True)["finished"], "ended before the kill"
     run_cli(args + ["--save_dir", str(b), "--resume", "auto"], tmp_path)
     for name in ("model", "criterion"):
         a_w = torch.load(tmp_path / "a" / "response_mgd_last.pth", weights_only=True)[name]
