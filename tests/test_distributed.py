@@ -62,8 +62,9 @@ def whole_split_miou(state_dict, root, size, batch_size):
     return cm.compute()["miou"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--kd_method", "feature"], ["--kd_method", "cwd,mgd", "--mgd_hidden", "16"]],
-                         ids=["scratch", "feature_kd", "cwd_mgd"])
+@pytest.mark.parametrize("extra", [[], ["--kd_method", "feature"], ["--kd_method", "cwd,mgd", "--mgd_hidden", "16"],
+                                   ["--kd_method", "response", "--unlabeled", "split:train", "--unlabeled_batch", "2"]],
+                         ids=["scratch", "feature_kd", "cwd_mgd", "response_unlabeled"])
 def test_two_processes_gloo_end_identical(synthetic_root, torch_home, tmp_path, extra):
     """torchrun with 2 CPU processes: DDP keeps the replicas (student, alignment layers, MGD's generator) identical;
     the val mIoU every rank logs is the whole split's (both ranks' halves reduced), not a rank's own half; only rank
