@@ -3,7 +3,6 @@ step. Tiny data (32-48 px); the CLI runs are one epoch at 32 px."""
 import csv
 import os
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -144,22 +143,20 @@ def test_ignore_index_is_remapped_to_255_against_an_independent_count(tmp_path):
 
 
 def test_colour_mask_is_refused_before_the_first_step(tmp_path):
-    """As a user runs it: train.py in its own process stops at the pre-flight, within 10 s, exit 2, one line naming
-    the file and the way out, before any network is built (the bad mask is in val, first decoded after an epoch)."""
+    """As a user runs it: train.py in its own process stops at the pre-flight, exit 2, one line naming the file and
+    the way out, before any network is built (the bad mask is in val, first decoded after an epoch). How long that
+    takes is stated in docs/data.md, not asserted here (a timing depends on the machine's load)."""
     root = make_synthetic_folder(str(tmp_path / "d"), num_images=8, size=(32, 32), lists=True, num_val=2)
     bad = os.path.join(root, "masks", "b", "c", "img_007.png")
     Image.open(bad).convert("RGB").save(bad)
-    t0 = time.time()
     proc = run_cli([script("train.py"), "--dataset", "folder", "--root_dir", root, "--epochs", "1",
                     "--save_dir", str(tmp_path / "w"), *SMALL], tmp_path, check=False)
-    seconds = time.time() - t0
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1]
     assert "pre-flight" in errors[0] and bad in errors[0] and "1 of 2" in errors[0]
     assert 'save it as a palette ("P") PNG whose indices are the class ids' in errors[0]
     assert "params" not in proc.stdout and not (tmp_path / "w").exists()
-    assert seconds < 10, seconds
 
 
 # --------------------------------------------------------------------------- the pre-flight, every dataset
