@@ -114,12 +114,11 @@ def test_errors_are_one_clear_message(synthetic_root, tmp_path):
         ([script("train_kd.py"), *data, *SMALL, "--save_dir", str(tmp_path / "w")], "Three ways out"),
     ]
     for args, expected in cases:
-        t0 = time.time()
         proc = run_cli(args, tmp_path, torch_home=str(tmp_path / "empty_home"), check=False)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert expected in proc.stderr, (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
-        assert time.time() - t0 < 60  # fails within seconds, not after a training run (a loose bound)
+        assert " epoch 0:" not in proc.stdout  # it stopped before training, not after a run
 
 
 def test_bad_checkpoints(pipeline, synthetic_root, tmp_path):
