@@ -498,4 +498,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    from utils import run_cli
+
+    run_cli(main, get_args_parser().parse_args())

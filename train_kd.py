@@ -54,7 +54,7 @@ def get_args_parser():
                         "joined by _")
     g = p.add_argument_group("the methods' flags (losses.py; the source of each default in brackets)")
     for f in losses.all_flags().values():
-        source = f" [default: {f.source}]" if f.source else ""
+        source = f" [default {f.default}, from {f.source}]" if f.source else ""
         g.add_argument(f"--{f.name}", type=f.type, default=f.default, choices=f.choices, help=f.help + source)
     p.add_argument("--teacher_weights", default=None, help="teacher weights file (see teacher/)")
     u = p.add_argument_group("images without masks (unlabeled.py)")
