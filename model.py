@@ -170,7 +170,7 @@ class HookedSegNet(nn.Module):
             self._run = type(net).forward.__get__(self)
         else:
             self.net = net
-            self._run = net
+            self._run = None  # the user's module runs as self.net: a second attribute would register it twice
         names = dict(net.named_modules())
         missing = [t for t in (*taps, *([logits_tap] if logits_tap else [])) if t not in names]
         if missing:
@@ -181,7 +181,7 @@ class HookedSegNet(nn.Module):
         self.logits_tap = prefix + logits_tap if logits_tap else None
 
     def _logits(self, x):
-        out = self._run(x)
+        out = self._run(x) if self._run is not None else self.net(x)
         return out["out"] if isinstance(out, dict) else out
 
     def forward(self, x, return_features=False, upto=None):  # noqa: ARG002 - upto: the whole net runs here
