@@ -526,11 +526,11 @@ def build_loss(names, teacher, student, args, ignore_index=255):
     methods = {}
     for name in names:
         cls = METHODS[name]
-        if "features" in cls.needs and len(feature_channels(student)) < 3:
+        maps = len(feature_channels(student)) if "features" in cls.needs else 3  # one probe, for the check
+        if maps < 3:
             raise LossError(f"--model_name {getattr(args, 'model_name', 'the student')}: --kd_method {name} needs "
-                            "three feature maps (shallow to deep), and the student exposes "
-                            f"{len(feature_channels(student))}: give its module a feature_taps attribute naming "
-                            "three submodules (model.py, HookedSegNet)")
+                            f"three feature maps (shallow to deep), and the student exposes {maps}: give its module "
+                            "a feature_taps attribute naming three submodules (model.py, HookedSegNet)")
         methods[name] = cls.from_args(args, student, teacher)
     w_ce = 1 - args.alpha if any(m.weighs_ce for m in methods.values()) else 1.0
     return DistillationLoss(teacher, methods, w_ce, ignore_index)
