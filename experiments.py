@@ -96,14 +96,17 @@ PRESETS = {
 # CamVid with few labels (issue 22): the camvid preset's teacher (every label) and student recipe; the students have
 # the masks of the first quarter of each train sequence (dataset.py's SPLIT_quarter) and, in the '@u' rows, every
 # train frame without its mask, 8 appended to each step's 8 labelled ones; scratch_all has every label and the same
-# steps (--steps_per_epoch). On the development split the held-out sequence is in neither the labels nor the pool.
+# steps (--steps_per_epoch). Every student runs the camvid table's scratch budget in optimizer steps (30 epochs of all
+# train = 1350 steps), so fewer labels never mean fewer steps: 123 epochs of the labelled quarter (few_label_epochs).
+# On the development split the held-out sequence is in neither the labels nor the pool.
 PRESETS["camvid_few"] = {
     **PRESETS["camvid"],
     "few_labels": {"val": ("train_quarter", "split:train"), "dev": ("train_no_dev_quarter", "split:train_no_dev")},
     "unlabeled_batch": "8",
     "methods": ["response", "response@u", "feature", "feature@u", "dist", "dist@u", "feature+cwd", "feature+cwd@u"],
     "chosen_on": {**PRESETS["camvid"]["chosen_on"],
-                  "unlabelled images per step 8 (1:1)": "none (the default; not compared)"},
+                  "unlabelled images per step 8 (1:1)": "none (the default; not compared)",
+                  "student steps: the camvid table's scratch budget (1350)": "none (that table's; not compared)"},
 }
 
 
@@ -366,6 +369,12 @@ def teacher_guard(teacher_miou, scratch_mious, split):
                                "is not a result (train a stronger teacher first)"))
 
 
+def few_label_epochs(epochs, full_steps, steps):
+    """Epochs of `steps` steps that give at least the steps of `epochs` passes of `full_steps` (the camvid table's
+    scratch student: 30 epochs of 45 steps = 1350; 123 epochs of the labelled quarter's 11 = 1353)."""
+    return -(-epochs * full_steps // steps)
+
+
 def few_labels(args, preset, data, student):
     """camvid_few: the students' labelled split, the preset with its unlabelled pool, and scratch_all's flags (every
     label, as many steps per epoch as the labelled quarter gives)."""
@@ -379,6 +388,9 @@ def few_labels(args, preset, data, student):
     n, n_all = (len(dataset.build_dataset(preset["dataset"], root, "train", (8, 8), train=False, cache=False,
                                           train_split=split).files) for split in (labelled, *full))
     steps = n // batch if n >= batch else 1  # engine.build_data drops the last partial batch when it can
+    if not args.student_epochs:  # the camvid table's scratch budget in steps, in whole epochs of the labelled split
+        epochs = int(argv[len(argv) - 1 - argv[::-1].index("--epochs") + 1])
+        student = [*student, "--epochs", str(few_label_epochs(epochs, max(n_all // batch, 1), steps))]
     preset = {**preset, "unlabeled": ["--unlabeled", pool, "--unlabeled_batch", preset["unlabeled_batch"]]}
     scratch_all = ["--train_split", *full, "--steps_per_epoch", str(steps)]
     return ([*student, "--train_split", labelled], preset, scratch_all,
