@@ -12,9 +12,9 @@ import experiments
 from conftest import ROOT, run_cli
 
 
-def write_camvid(root, rng):
+def write_camvid(root, rng, n_dev=4, n_other=6):
     """A SegNet-layout CamVid folder: train holds the development sequence 0001TP and another one."""
-    frames = {"train": [f"0001TP_{i:06d}.png" for i in range(4)] + [f"0006R0_f{i:05d}.png" for i in range(6)],
+    frames = {"train": [f"0001TP_{i:06d}.png" for i in range(n_dev)] + [f"0006R0_f{i:05d}.png" for i in range(n_other)],
               "val": [f"0016E5_{i:05d}.png" for i in range(3)]}
     for split, names in frames.items():
         os.makedirs(root / split), os.makedirs(root / f"{split}annot")
@@ -134,3 +134,31 @@ def test_few_label_table_on_the_development_split(tmp_path, torch_home):
         "1", "2", "20")
     for run in ("scratch_s0", "scratch_all_s0", "response@u_s0"):
         assert len((out / "weights" / f"{run}_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_few_label_students_get_the_camvid_tables_steps(tmp_path):
+    """Fewer labels never mean fewer steps: without --student_epochs, a camvid_few student runs the camvid preset's
+    scratch budget in optimizer steps (its 30 epochs over all of train), rounded up to whole epochs of the labelled
+    quarter; --student_epochs still overrides it."""
+    write_camvid(tmp_path / "camvid", np.random.default_rng(2), n_dev=8, n_other=64)
+    data = ["--dataset", "camvid", "--root_dir", str(tmp_path / "camvid")]
+    preset = experiments.PRESETS["camvid_few"]
+    student = experiments.PRESETS["camvid"]["student"]
+    assert student[student.index("--epochs") + 1] == "30" and student[student.index("--batch_size") + 1] == "8"
+
+    def student_epochs(*flags):
+        args = experiments.get_args_parser().parse_args(["--preset", "camvid_few", *data[2:], *flags])
+        student, _, scratch_all, few = experiments.few_labels(args, preset, data,
+                                                              experiments.student_flags(args, preset))
+        return int(student[len(student) - 1 - student[::-1].index("--epochs") + 1]), scratch_all, few
+
+    # val: train has 72 frames (8 of 0001TP, 64 of 0006R0): the camvid table's scratch runs 30 x (72 // 8) = 270
+    # steps; the labelled quarter, ceil(8/4) + ceil(64/4) = 18 frames, gives 2 batches an epoch: 135 epochs
+    epochs, scratch_all, few = student_epochs()
+    assert few["steps_per_epoch"] == 2 and epochs == 135
+    assert scratch_all == ["--train_split", "train", "--steps_per_epoch", "2"]
+    # dev: train_no_dev has the 64 frames of 0006R0 (30 x 8 = 240 steps), its quarter 16 (2 batches): 120 epochs
+    assert student_epochs("--split", "dev")[0] == 120
+    assert student_epochs("--student_epochs", "7")[0] == 7
+    # the real split sizes: 367 frames (45 batches of 8) and a quarter of 93 (11): 123 epochs, 1353 >= 1350 steps
+    assert experiments.few_label_epochs(30, 45, 11) == 123 and 122 * 11 < 30 * 45 <= 123 * 11
