@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import feature_channels
+from model import feature_channels, probe_cache
 from utils import UserError
 
 OUTPUTS = ("logits", "logits8", "features")  # what a network (student or teacher) can be asked for
@@ -524,14 +524,15 @@ def build_loss(names, teacher, student, args, ignore_index=255):
     if unknown:
         raise LossError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     methods = {}
-    for name in names:
-        cls = METHODS[name]
-        maps = len(feature_channels(student)) if "features" in cls.needs else 3  # one probe, for the check
-        if maps < 3:
-            raise LossError(f"--model_name {getattr(args, 'model_name', 'the student')}: --kd_method {name} needs "
-                            f"three feature maps (shallow to deep), and the student exposes {maps}: give its module "
-                            "a feature_taps attribute naming three submodules (model.py, HookedSegNet)")
-        methods[name] = cls.from_args(args, student, teacher)
+    with probe_cache():  # each network probed once, however many methods ask its widths
+        for name in names:
+            cls = METHODS[name]
+            maps = len(feature_channels(student)) if "features" in cls.needs else 3
+            if maps < 3:
+                raise LossError(f"--model_name {getattr(args, 'model_name', 'the student')}: --kd_method {name} "
+                                f"needs three feature maps (shallow to deep), and the student exposes {maps}: give "
+                                "its module a feature_taps attribute naming three submodules (model.py, HookedSegNet)")
+            methods[name] = cls.from_args(args, student, teacher)
     w_ce = 1 - args.alpha if any(m.weighs_ce for m in methods.values()) else 1.0
     return DistillationLoss(teacher, methods, w_ce, ignore_index)
 

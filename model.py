@@ -17,6 +17,7 @@ reads its features from the submodules it names (`feature_taps`) with forward ho
 by a forward probe (losses.feature_channels), never from a table.
 """
 import argparse
+import contextlib
 import importlib
 import inspect
 import math
@@ -423,9 +424,32 @@ def load_trained(path):
     return model.eval(), meta
 
 
+_PROBES = None  # {(id(net), size): widths} while probe_cache() is open
+
+
+@contextlib.contextmanager
+def probe_cache():
+    """Within it, feature_channels probes each network once (losses.build_loss: every feature method asks)."""
+    global _PROBES
+    outer, _PROBES = _PROBES, {} if _PROBES is None else _PROBES
+    try:
+        yield
+    finally:
+        _PROBES = outer
+
+
 def feature_channels(net, size=64):
     """The widths of a network's feature maps, found by one forward pass of a blank size x size image (eval mode, no
     gradient, the network's mode restored after): () when it exposes none."""
+    if _PROBES is not None:
+        key = (id(net), size)
+        if key not in _PROBES:
+            _PROBES[key] = _probe(net, size)
+        return _PROBES[key]
+    return _probe(net, size)
+
+
+def _probe(net, size):
     was = net.training
     first = next(net.parameters(), None)
     x = torch.zeros(1, 3, size, size, device=first.device if first is not None else "cpu")

@@ -245,6 +245,18 @@ def test_every_method_together_one_teacher_call_gradients_to_student_and_parts_o
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+def test_building_every_method_probes_each_network_once():
+    """The loss's build asks the widths of the student's and the teacher's feature maps for several methods; each
+    network runs one blank forward pass for all of them (model.probe_cache), and none after the build."""
+    teacher, student = frozen("light"), build_model("light", 5)
+    runs = {"student": 0, "teacher": 0}
+    for name, net in (("student", student), ("teacher", teacher.net)):
+        net.register_forward_hook(lambda *_, name=name: runs.__setitem__(name, runs[name] + 1))
+    all_methods(teacher, student)
+    assert runs == {"student": 1, "teacher": 1}
+    assert len([n for n, cls in METHODS.items() if "features" in cls.needs]) >= 3  # several asked
+
+
 def test_weights_zero_skip_the_teacher_and_replay_cross_entropy():
     """Every weight at 0: the teacher is never run and the loss is the cross-entropy exactly."""
     teacher, student = frozen("light"), build_model("light", 5)
