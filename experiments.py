@@ -132,6 +132,10 @@ def get_args_parser():
     g.add_argument("--methods", default=None,
                    help="KD methods of the seeded table, comma list, '+' joins methods into one run "
                         "(e.g. response,feature,cwd,response+cwd); default: the preset's")
+    g.add_argument("--table_only", action="store_true",
+                   help="train nothing: write the seeded table from the runs of --out_dir that have finished (the "
+                        "others are named and left out; a row's 'seeds' column says how many it holds), e.g. a "
+                        "partial table while the runs go on")
     g.add_argument("--split", default="val", choices=("val", "dev"),
                    help="dev: train on train_no_dev and report the development split (CamVid's held-out sequence "
                         "0001TP), for choosing hyper-parameters; val: train on all of train, report val (the table)")
@@ -341,6 +345,15 @@ def final_miou(log_path):
         sum(h["epoch_time_s"] for h in hist)
 
 
+def finished(log_path, epochs, run):
+    """final_miou of a run whose log holds all its epochs; None (and a line naming it) for one missing or unfinished."""
+    hist = [json.loads(x) for x in open(log_path)] if os.path.exists(log_path) else []
+    if len(hist) < epochs:
+        print(f"left out: {run} ({len(hist)} of {epochs} epochs in {log_path})", flush=True)
+        return None
+    return final_miou(log_path)
+
+
 def summarize(rows_by_method, teacher_miou):
     """rows_by_method: {method: [final mIoU per seed]} with 'scratch' among them -> table rows (dicts)."""
     scratch = sum(rows_by_method["scratch"]) / len(rows_by_method["scratch"])
@@ -418,13 +431,23 @@ def run_seeded(args, preset, data, out, weights):
 
     def step(run, argv):
         log = os.path.join(weights, f"{run}_log.jsonl")
+        if args.table_only:
+            return finished(log, int(argv[len(argv) - 1 - argv[::-1].index("--epochs") + 1]), run)
         run_step(run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
         return final_miou(log)
 
-    t_miou, _, _, t_sec = step("teacher", teacher_argv(args, preset, [*base, "--seed", str(args.seed)]))
+    teacher = step("teacher", teacher_argv(args, preset, [*base, "--seed", str(args.seed)]))
+    if teacher is None:
+        raise SystemExit(f"--table_only: the teacher has not finished in {weights}; run without --table_only first")
+    t_miou, _, _, t_sec = teacher
     finals, curves, seconds = {}, {}, {"teacher": [t_sec]}
+    first_scratch = []  # the seed whose scratch student test.py times
 
     def record(method, seed, result):
+        if result is None:
+            return
+        if method == "scratch":
+            first_scratch.append(seed)
         miou, ep, mious, sec = result
         finals.setdefault(method, []).append(miou)
         curves.setdefault(method, []).append((ep, mious))
@@ -438,6 +461,8 @@ def run_seeded(args, preset, data, out, weights):
         for seed in seeds:
             record("scratch_all", seed, step(f"scratch_all_s{seed}", student_argv(
                 preset, "scratch", [*base, "--seed", str(seed)], [*student, *scratch_all])))
+    if "scratch" not in finals:
+        raise SystemExit(f"--table_only: no scratch student has finished in {weights}; the table needs one")
     verdict = teacher_guard(t_miou, finals["scratch"], args.split)
     print("\n" + verdict + "\n", flush=True)
     for method in methods:
@@ -451,7 +476,7 @@ def run_seeded(args, preset, data, out, weights):
     val_split = SPLITS[args.split][1]
     run_tests(args, preset, out, data, timing_csv,
               {mode: [*val_split, "--weights", path] for mode, path in
-               (("teacher", teacher_last), ("regular", os.path.join(weights, f"scratch_s{seeds[0]}_last.pth")))},
+               (("teacher", teacher_last), ("regular", os.path.join(weights, f"scratch_s{first_scratch[0]}_last.pth")))},
               ["--num_vis", "0"])
     with open(timing_csv) as f:
         ms = {r["training_mode"]: float(r["avg_inference_time_ms"]) for r in csv.DictReader(f)}

@@ -135,6 +135,24 @@ def test_few_label_table_on_the_development_split(tmp_path, torch_home):
     for run in ("scratch_s0", "scratch_all_s0", "response@u_s0"):
         assert len((out / "weights" / f"{run}_log.jsonl").read_text().splitlines()) == 2
 
+    # --table_only: the same table from the finished runs, trains nothing, names what it leaves out (seed 1 never
+    # ran; dist@u's seed 0 has one epoch of two, as a run stopped half-way leaves it)
+    logs = sorted(p.name for p in (out / "weights").iterdir())
+    first = (out / "weights" / "response@u_s0_log.jsonl").read_text().splitlines()[0]
+    (out / "weights" / "dist@u_s0_log.jsonl").write_text(first + "\n")
+    proc = run_cli([os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few", "--root_dir", str(tmp_path / "camvid"),
+                    "--img_size", "24", "32", "--teacher_epochs", "1", "--student_epochs", "2", "--seeds", "0,1",
+                    "--methods", "response@u,dist@u", "--split", "dev", "--out_dir", str(out), "--num_workers", "0",
+                    "--device", "cpu", "--extra", "--batch_size 2", "--table_only"], tmp_path, torch_home, timeout=600)
+    assert sorted(p.name for p in (out / "weights").iterdir() if p.name != "dist@u_s0_log.jsonl") == logs
+    for run, done in (("scratch_s1", 0), ("scratch_all_s1", 0), ("dist@u_s0", 1), ("response@u_s1", 0)):
+        assert f"left out: {run} ({done} of 2 epochs" in proc.stdout
+    with open(out / "results_seeds.csv") as f:
+        again = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(again) == list(rows)
+    for method, row in rows.items():
+        assert again[method]["mean_miou"] == row["mean_miou"] and again[method]["seeds"] == "1"
+
 
 def test_few_label_students_get_the_camvid_tables_steps(tmp_path):
     """Fewer labels never mean fewer steps: without --student_epochs, a camvid_few student runs the camvid preset's
