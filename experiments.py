@@ -407,7 +407,7 @@ def few_labels(args, preset, data, student):
     preset = {**preset, "unlabeled": ["--unlabeled", pool, "--unlabeled_batch", preset["unlabeled_batch"]]}
     scratch_all = ["--train_split", *full, "--steps_per_epoch", str(steps)]
     return ([*student, "--train_split", labelled], preset, scratch_all,
-            {"steps_per_epoch": steps, "batch": min(batch, n), "batch_all": min(batch, n_all)})
+            {"steps_per_epoch": steps, "batch": min(batch, n), "batch_all": min(batch, n_all), "n_all": n_all})
 
 
 def budget(method, epochs, shape):
@@ -436,10 +436,11 @@ def run_seeded(args, preset, data, out, weights):
         run_step(run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
         return final_miou(log)
 
-    teacher = step("teacher", teacher_argv(args, preset, [*base, "--seed", str(args.seed)]))
+    t_argv = teacher_argv(args, preset, [*base, "--seed", str(args.seed)])
+    teacher = step("teacher", t_argv)
     if teacher is None:
         raise SystemExit(f"--table_only: the teacher has not finished in {weights}; run without --table_only first")
-    t_miou, _, _, t_sec = teacher
+    t_miou, t_epochs, _, t_sec = teacher
     finals, curves, seconds = {}, {}, {"teacher": [t_sec]}
     first_scratch = []  # the seed whose scratch student test.py times
 
@@ -484,10 +485,13 @@ def run_seeded(args, preset, data, out, weights):
     for row in table:
         row["train_min"] = round(sum(seconds[row["method"]]) / len(seconds[row["method"]]) / 60, 2)
         row["ms_per_image"] = ms["teacher" if row["method"] == "teacher" else "regular"]
-        if few:  # the teacher's budget: its own log's epochs over the whole train split
-            epochs = len(curves[row["method"]][0][0]) if row["method"] in curves else None
-            row["unlabeled"], row["steps"], row["images_seen"] = (
-                budget(row["method"], epochs, few) if epochs else ("0", "", ""))
+        if few and row["method"] == "teacher":  # its own epochs of full passes over every labelled frame
+            t_batch = int(t_argv[len(t_argv) - 1 - t_argv[::-1].index("--batch_size") + 1])
+            t_steps = len(t_epochs) * (few["n_all"] // t_batch if few["n_all"] >= t_batch else 1)
+            row["unlabeled"], row["steps"], row["images_seen"] = 0, t_steps, t_steps * min(t_batch, few["n_all"])
+        elif few:
+            row["unlabeled"], row["steps"], row["images_seen"] = budget(
+                row["method"], len(curves[row["method"]][0][0]), few)
     write_seeded(out, table, curves, verdict, args, len(seeds), preset.get("chosen_on", {}),
                  extra_columns=("unlabeled", "steps", "images_seen") if few else ())
 

@@ -129,6 +129,8 @@ def test_few_label_table_on_the_development_split(tmp_path, torch_home):
     # 2 epochs of 1 step (2 labelled frames; the preset's batch 8 is the last --batch_size); response@u appends 8
     # unlabelled images to each step
     assert (rows["scratch"]["unlabeled"], rows["scratch"]["steps"], rows["scratch"]["images_seen"]) == ("0", "2", "4")
+    # the teacher: 1 epoch over the 6 labelled frames of train_no_dev in one batch (its preset batch 8 > 6)
+    assert (rows["teacher"]["unlabeled"], rows["teacher"]["steps"], rows["teacher"]["images_seen"]) == ("0", "1", "6")
     assert (rows["scratch_all"]["steps"], rows["scratch_all"]["images_seen"]) == ("2", "12")  # 6 frames a step
     assert (rows["response@u"]["unlabeled"], rows["response@u"]["steps"], rows["response@u"]["images_seen"]) == (
         "1", "2", "20")
