@@ -338,9 +338,19 @@ def write_table(out, weights, steps, args):
 
 
 # ---- the seeded table: every method, several seeds, mean and spread, fixed budget ------------------------
-def final_miou(log_path):
-    """(last epoch's val mIoU, epochs, val mIoU per epoch, training seconds) from RUN_log.jsonl."""
-    hist = [json.loads(x) for x in open(log_path)]
+def last_value(argv, flag):
+    """The value of the last `flag` in argv (argparse keeps the last one), as an int."""
+    return int(argv[len(argv) - argv[::-1].index(flag)])
+
+
+def batches_per_pass(n, batch):
+    """Optimizer steps in one pass over n images: engine.build_data drops the last partial batch when it can."""
+    return n // batch if n >= batch else 1
+
+
+def final_miou(log_path, hist=None):
+    """(last epoch's val mIoU, epochs, val mIoU per epoch, training seconds) from RUN_log.jsonl (or its lines)."""
+    hist = hist if hist is not None else [json.loads(x) for x in open(log_path)]
     return hist[-1]["val_miou"], [h["epoch"] for h in hist], [h["val_miou"] for h in hist], \
         sum(h["epoch_time_s"] for h in hist)
 
@@ -351,7 +361,7 @@ def finished(log_path, epochs, run):
     if len(hist) < epochs:
         print(f"left out: {run} ({len(hist)} of {epochs} epochs in {log_path})", flush=True)
         return None
-    return final_miou(log_path)
+    return final_miou(log_path, hist)
 
 
 def summarize(rows_by_method, teacher_miou):
@@ -397,13 +407,13 @@ def few_labels(args, preset, data, student):
     full = SPLITS[args.split][0][1:] or ["train"]
     root = data[data.index("--root_dir") + 1]
     argv = [*args.extra.split(), *student]  # the order of a student's argv: the last --batch_size wins
-    batch = int(argv[len(argv) - 1 - argv[::-1].index("--batch_size") + 1])
+    batch = last_value(argv, "--batch_size")
     n, n_all = (len(dataset.build_dataset(preset["dataset"], root, "train", (8, 8), train=False, cache=False,
                                           train_split=split).files) for split in (labelled, *full))
-    steps = n // batch if n >= batch else 1  # engine.build_data drops the last partial batch when it can
+    steps = batches_per_pass(n, batch)
     if not args.student_epochs:  # the camvid table's scratch budget in steps, in whole epochs of the labelled split
-        epochs = int(argv[len(argv) - 1 - argv[::-1].index("--epochs") + 1])
-        student = [*student, "--epochs", str(few_label_epochs(epochs, max(n_all // batch, 1), steps))]
+        epochs = last_value(argv, "--epochs")
+        student = [*student, "--epochs", str(few_label_epochs(epochs, batches_per_pass(n_all, batch), steps))]
     preset = {**preset, "unlabeled": ["--unlabeled", pool, "--unlabeled_batch", preset["unlabeled_batch"]]}
     scratch_all = ["--train_split", *full, "--steps_per_epoch", str(steps)]
     return ([*student, "--train_split", labelled], preset, scratch_all,
@@ -432,7 +442,7 @@ def run_seeded(args, preset, data, out, weights):
     def step(run, argv):
         log = os.path.join(weights, f"{run}_log.jsonl")
         if args.table_only:
-            return finished(log, int(argv[len(argv) - 1 - argv[::-1].index("--epochs") + 1]), run)
+            return finished(log, last_value(argv, "--epochs"), run)
         run_step(run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
         return final_miou(log)
 
@@ -486,8 +496,8 @@ def run_seeded(args, preset, data, out, weights):
         row["train_min"] = round(sum(seconds[row["method"]]) / len(seconds[row["method"]]) / 60, 2)
         row["ms_per_image"] = ms["teacher" if row["method"] == "teacher" else "regular"]
         if few and row["method"] == "teacher":  # its own epochs of full passes over every labelled frame
-            t_batch = int(t_argv[len(t_argv) - 1 - t_argv[::-1].index("--batch_size") + 1])
-            t_steps = len(t_epochs) * (few["n_all"] // t_batch if few["n_all"] >= t_batch else 1)
+            t_batch = last_value(t_argv, "--batch_size")
+            t_steps = len(t_epochs) * batches_per_pass(few["n_all"], t_batch)
             row["unlabeled"], row["steps"], row["images_seen"] = 0, t_steps, t_steps * min(t_batch, few["n_all"])
         elif few:
             row["unlabeled"], row["steps"], row["images_seen"] = budget(

@@ -527,8 +527,7 @@ def build_loss(names, teacher, student, args, ignore_index=255):
     with probe_cache():  # each network probed once, however many methods ask its widths
         for name in names:
             cls = METHODS[name]
-            maps = len(feature_channels(student)) if "features" in cls.needs else 3
-            if maps < 3:
+            if "features" in cls.needs and (maps := len(feature_channels(student))) < 3:
                 raise LossError(f"--model_name {getattr(args, 'model_name', 'the student')}: --kd_method {name} "
                                 f"needs three feature maps (shallow to deep), and the student exposes {maps}: give "
                                 "its module a feature_taps attribute naming three submodules (model.py, HookedSegNet)")
