@@ -155,6 +155,22 @@ def test_few_label_table_on_the_development_split(tmp_path, torch_home):
     for method, row in rows.items():
         assert again[method]["mean_miou"] == row["mean_miou"] and again[method]["seeds"] == "1"
 
+    # the logs alone (as committed beside a table, the checkpoints gone): the same mIoUs, ms_per_image empty and said
+    for p in (out / "weights").glob("*.pth"):
+        p.unlink()
+    proc = run_cli([os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few", "--root_dir", str(tmp_path / "camvid"),
+                    "--img_size", "24", "32", "--teacher_epochs", "1", "--student_epochs", "2", "--seeds", "0",
+                    "--methods", "response@u", "--split", "dev", "--out_dir", str(out), "--num_workers", "0",
+                    "--device", "cpu", "--extra", "--batch_size 2", "--table_only"], tmp_path, torch_home, timeout=600)
+    assert "ms_per_image left empty: " in proc.stdout and "teacher_last.pth" in proc.stdout
+    with open(out / "results_seeds.csv") as f:
+        logs_only = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(logs_only) == list(rows)
+    for method, row in rows.items():
+        assert logs_only[method]["mean_miou"] == row["mean_miou"] and logs_only[method]["ms_per_image"] == ""
+        assert float(row["ms_per_image"]) > 0
+    assert not list((out / "weights").glob("*.pth"))  # nothing trained
+
 
 def test_few_label_students_get_the_camvid_tables_steps(tmp_path):
     """Fewer labels never mean fewer steps: without --student_epochs, a camvid_few student runs the camvid preset's
