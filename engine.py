@@ -543,7 +543,9 @@ def write_epoch(state, record, improved, paths, meta, args, run, info):
     if improved:
         write_checkpoint(paths["best.pth"], state, meta, full=False)
     write_checkpoint(paths["last.pth"], state, meta)
-    utils.append_jsonl(paths["log.jsonl"], record)
+    # the whole history, as the checkpoint holds it: a run started afresh replaces an earlier run's log (appending
+    # mixed two runs, and a half-done rerun over a finished log read as finished), a resumed one continues its own
+    utils.write_jsonl(paths["log.jsonl"], state.history)
     utils.plot_curves(state.history, paths["curves.png"], title=f"{run}: {args.model_name} on {info.name}")
     print(f"{run} epoch {record['epoch']}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
           f"val mIoU {record['val_miou']:.4f} (best {args.monitor}: {abs(state.best):.4f}), "

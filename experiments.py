@@ -443,6 +443,12 @@ def run_seeded(args, preset, data, out, weights):
         log = os.path.join(weights, f"{run}_log.jsonl")
         if args.table_only:
             return finished(log, last_value(argv, "--epochs"), run)
+        if run != "teacher" and not os.path.exists(os.path.join(weights, f"{run}_last.pth")) and os.path.exists(log) \
+                and len(open(log).readlines()) >= last_value(argv, "--epochs"):
+            # its log holds every epoch (e.g. the logs committed beside a table, on a new machine): not trained again;
+            # the teacher is, when its checkpoint is missing, since the KD runs need it
+            print(f"{run}: finished in {log} (its checkpoints are not here); not trained again", flush=True)
+            return final_miou(log)
         run_step(run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
         return final_miou(log)
 
@@ -484,7 +490,7 @@ def run_seeded(args, preset, data, out, weights):
 
     # ms/image: the student's and the teacher's inference on the reported split (test.py, one run each)
     timed = {"teacher": teacher_last, "regular": os.path.join(weights, f"scratch_s{first_scratch[0]}_last.pth")}
-    if args.table_only and not all(map(os.path.exists, timed.values())):
+    if not all(map(os.path.exists, timed.values())):
         # the logs alone (e.g. those committed beside a table) give every mIoU; the timing needs the checkpoints
         print(f"ms_per_image left empty: {' or '.join(p for p in timed.values() if not os.path.exists(p))} "
               "missing (the timing runs test.py on the checkpoints; the mIoUs come from the logs)", flush=True)

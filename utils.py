@@ -142,10 +142,10 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def append_jsonl(path, record):
-    """One JSON line per epoch. Rewritten whole (small) so that an interrupted write cannot corrupt it."""
-    old = open(path, "rb").read() if os.path.exists(path) else b""
-    atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode("utf-8"))
+def write_jsonl(path, records):
+    """One JSON line per record (an epoch), the file rewritten whole (small) so that an interrupted write cannot
+    corrupt it."""
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
 
 
 def append_csv_row(path, row: dict, first_columns=()):

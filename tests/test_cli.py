@@ -142,6 +142,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path)
     args = [script("train.py"), "--root_dir", synthetic_root, "--epochs", "3", "--img_size", "32",
             "--batch_size", "2", "--num_workers", "0", "--no_progress", "--num_vis", "0", "--seed", "3"]
     run_cli(args + ["--save_dir", str(tmp_path / "a")], tmp_path)
+    a_lines = (tmp_path / "a" / "regular_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in a_lines] == [0, 1, 2]
     b = tmp_path / "b"
     kill_after_first_epoch(args, tmp_path, b, "regular")
     log = b / "regular_log.jsonl"
@@ -161,6 +163,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path)
     assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
     assert "--augment 'train' there, 'strong' here" in other.stderr and "--seed 3 there, 4 here" in other.stderr
     assert (b / "regular_last.pth").read_bytes() == before
+    # started afresh (no --resume) over a finished run: its log holds its own epoch only, not the earlier run's too
+    run_cli([*args[:-2], "--seed", "4", "--epochs", "1", "--save_dir", str(b)], tmp_path)
+    assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [0]
 
 
 ALPHA0_COMMON = ["--epochs", "2", *SMALL, "--num_vis", "0", "--seed", "5", "--optimizer", "adamw", "--augment", "kd",

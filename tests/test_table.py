@@ -171,6 +171,20 @@ def test_few_label_table_on_the_development_split(tmp_path, torch_home):
         assert float(row["ms_per_image"]) > 0
     assert not list((out / "weights").glob("*.pth"))  # nothing trained
 
+    # and the table's command itself on those logs: the students whose logs hold every epoch are not trained again
+    # (their logs unchanged), the teacher is (the KD runs need its checkpoint)
+    students = {p.name: p.read_bytes() for p in (out / "weights").glob("*_s0_log.jsonl")}
+    proc = run_cli([os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few", "--root_dir", str(tmp_path / "camvid"),
+                    "--img_size", "24", "32", "--teacher_epochs", "1", "--student_epochs", "2", "--seeds", "0",
+                    "--methods", "response@u", "--split", "dev", "--out_dir", str(out), "--num_workers", "0",
+                    "--device", "cpu", "--extra", "--batch_size 2"], tmp_path, torch_home, timeout=600)
+    assert len(students) == 4 and {p: (out / "weights" / p).read_bytes() for p in students} == students
+    for run in ("scratch_s0", "scratch_all_s0", "response@u_s0"):
+        assert f"{run}: finished in " in proc.stdout
+    assert (out / "weights" / "teacher_last.pth").is_file() and not (out / "weights" / "scratch_s0_last.pth").exists()
+    with open(out / "results_seeds.csv") as f:
+        assert [r["mean_miou"] for r in csv.DictReader(f)] == [r["mean_miou"] for r in rows.values()]
+
 
 def test_few_label_students_get_the_camvid_tables_steps(tmp_path):
     """Fewer labels never mean fewer steps: without --student_epochs, a camvid_few student runs the camvid preset's
