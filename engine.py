@@ -196,10 +196,14 @@ def evaluate(model, loader, device, num_classes, ignore_index=255, *, autocast=N
 
 
 def build_optimizer(args, params):
+    """Adam, AdamW (fused on the CPU: fast.adam_kwargs) or SGD with momentum 0.9 over params (on their device)."""
+    params = list(params)
     if args.optimizer == "adam":
-        return torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        return torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay,
+                                **fast.adam_kwargs(params))
     if args.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay,
+                                 **fast.adam_kwargs(params))
     return torch.optim.SGD(params, lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay)
 
 

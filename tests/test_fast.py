@@ -15,14 +15,15 @@ def test_every_trick_can_be_switched_off():
     """SEGKD_DISABLE (bench.py --disable) leaves plain torch modules behind: what bench.py's ablation times."""
     code = ("import fast, model, teacher, torch; "
             "t = teacher.FrozenTeacher(model.TappedSegNet('fcn_resnet50', 5).eval()); "
-            "print(sum(isinstance(m, fast.WinogradConv2d) for m in t.modules()), fast.tune_cpu_allocator())")
+            "print(sum(isinstance(m, fast.WinogradConv2d) for m in t.modules()), fast.tune_cpu_allocator(), "
+            "fast.adam_kwargs([torch.zeros(1)]).get('fused', False))")
 
     def counts(disable):
         env = dict(os.environ, SEGKD_DISABLE=disable)
         return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                               check=True).stdout.split()
-    assert counts("") == ["10", "True"]
-    assert counts("winograd,cpu_allocator") == ["0", "False"]
+    assert counts("") == ["10", "True", "True"]
+    assert counts("winograd,cpu_allocator,fused_adam") == ["0", "False", "False"]
     bad = subprocess.run([sys.executable, "-c", "import fast"], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, SEGKD_DISABLE="centre_taps"))  # a removed trick is unknown now
     assert bad.returncode != 0 and "unknown trick" in bad.stderr
@@ -101,3 +102,34 @@ def test_winograd_leaves_small_maps_to_torch():
     with torch.no_grad():
         assert torch.equal(light.net.aspp(plain.stage3(plain.stage2(plain.stage1(x)))),
                            plain.aspp(plain.stage3(plain.stage2(plain.stage1(x)))))
+
+
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_fused_adam_follows_torch_for_loop_adam(optimizer):
+    """engine.build_optimizer's fused CPU update against torch's for-loop Adam/AdamW: 5 steps from the same weights
+    with the same gradients give the same weights, float rounding apart. (Gradients are given, not computed: through
+    a network, Adam's step of size lr on near-zero gradients turns any rounding into a different trajectory.)"""
+    from types import SimpleNamespace
+
+    import engine
+
+    args = SimpleNamespace(optimizer=optimizer, learning_rate=1e-2, weight_decay=1e-1)
+    torch.manual_seed(0)
+    nets = [build_model("light", num_classes=5) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    fused = engine.build_optimizer(args, nets[0].parameters())
+    assert fused.defaults["fused"] is True
+    cls = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
+    plain = cls(nets[1].parameters(), lr=1e-2, weight_decay=1e-1, foreach=False, fused=False)
+    for _ in range(5):
+        grads = [torch.randn_like(p) * 10 ** torch.randint(-4, 1, ()).item() for p in nets[0].parameters()]
+        for net, opt in zip(nets, (fused, plain)):
+            for p, g in zip(net.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert max((a - s).abs().max().item() for a, s in zip(nets[0].parameters(), start)) > 1e-2  # it moved
