@@ -123,6 +123,10 @@ def get_args_parser():
     p.add_argument("--teacher_epochs", type=int, default=None, help="override the preset's teacher budget")
     p.add_argument("--student_epochs", type=int, default=None, help="override the preset's student budget")
     p.add_argument("--extra", default="", help="flags appended to every training step, e.g. '--amp'")
+    p.add_argument("--jobs", default="auto",
+                   help="students trained at once after the teacher, each at cores // jobs threads (an odd one out "
+                        "at more: the plan fixes every step's threads, so a re-run or resume reproduces it). auto: 2 "
+                        "on a CPU of 2+ cores, 1 on a GPU. The thread count is part of a run's draw (float sums)")
     g = p.add_argument_group("the seeded table (issue: results a researcher can trust)")
     g.add_argument("--seeds", default=None,
                    help="comma list of student seeds, e.g. 0,1,2: the teacher once, then scratch and every --methods "
@@ -151,12 +155,108 @@ def run_step(name, argv, log_path):
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
-            if "it/s]" not in line and "s/it]" not in line:
+            if not progress_line(line):
                 print(line, end="", flush=True)
         proc.wait()
     if proc.returncode != 0:
         raise SystemExit(f"step {name} failed (exit {proc.returncode}); its output is in {log_path}")
     return time.time() - t0
+
+
+def cpu_cores():
+    """The cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_jobs(jobs, device):
+    """--jobs auto: 2 on a CPU of 2 cores or more (two 1-thread trainings beat one 2-thread one: torch's threads
+    scale poorly on small steps), 1 on a GPU (one device) or a single core."""
+    if jobs != "auto":
+        if not jobs.isdigit() or int(jobs) < 1:
+            raise SystemExit(f"--jobs {jobs}: give a whole number of 1 or more, or auto")
+        return int(jobs)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return 2 if device == "cpu" and cpu_cores() >= 2 else 1
+
+
+def step_threads(n_steps, jobs, cores):
+    """Threads of each of n_steps independent steps run `jobs` at a time: cores // jobs, except the last
+    n_steps % jobs steps, which run together at cores // (n_steps % jobs) (the last step of an odd plan, alone, at
+    every core). A function of the plan alone, never of timing: a step's thread count (part of its draw, as it
+    orders float sums) is the same on every run and every resume."""
+    per = [max(1, cores // jobs)] * n_steps
+    tail = n_steps % jobs
+    for i in range(n_steps - tail, n_steps):
+        per[i] = max(1, cores // tail)
+    return per
+
+
+def progress_line(line):
+    return "it/s]" in line or "s/it]" in line
+
+
+def run_steps(steps, jobs, cores=None, skip=()):
+    """Run independent steps [(name, argv, log_path)] `jobs` at a time, each at its step_threads count over the
+    whole list (OMP_NUM_THREADS), but those named in `skip` (finished ones: a resume keeps every step's threads);
+    with jobs 1, one after another as run_step. A step starts when the threads it needs are free,
+    so no more threads than cores run at once. Each step's lines are kept in its log and shown as they come,
+    prefixed with its name. A failed step stops the others (each resumes from its last epoch on a re-run) and
+    names its log. Returns {name: wall seconds}."""
+    if jobs <= 1:
+        return {name: run_step(name, argv, log) for name, argv, log in steps if name not in skip}
+    import threading
+
+    cores = cores or cpu_cores()
+    pending = [(s, t) for s, t in zip(steps, step_threads(len(steps), jobs, cores)) if s[0] not in skip]
+    running, seconds, failed = {}, {}, []  # running: name -> (process, threads)
+    changed = threading.Condition()
+
+    def relay(name, proc, log_path, t0):
+        with open(log_path, "w") as log:
+            for line in proc.stdout:
+                log.write(line)
+                if not progress_line(line):
+                    with changed:
+                        print(f"[{name}] {line}", end="", flush=True)
+        proc.wait()
+        with changed:
+            seconds[name] = time.time() - t0
+            running.pop(name)
+            print(f"=== {name}: ended after {seconds[name]:.0f} s (exit {proc.returncode})", flush=True)
+            if proc.returncode != 0:
+                failed.append(f"step {name} failed (exit {proc.returncode}); its output is in {log_path}")
+            changed.notify_all()
+
+    def stop_all():
+        for proc, _ in running.values():
+            proc.terminate()
+
+    with changed:
+        try:
+            while (pending or running) and not failed:
+                free = cores - sum(t for _, t in running.values())
+                if pending and (not running or pending[0][1] <= free):
+                    (name, argv, log_path), t = pending.pop(0)
+                    print(f"\n=== {name} (started, {t} thread{'s' * (t > 1)}): python {' '.join(argv)}", flush=True)
+                    proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True,
+                                            env={**os.environ, "OMP_NUM_THREADS": str(t)})
+                    running[name] = (proc, t)
+                    threading.Thread(target=relay, args=(name, proc, log_path, time.time()), daemon=True).start()
+                    continue
+                changed.wait()
+            if failed:
+                stop_all()
+                while running:
+                    changed.wait()
+                raise SystemExit(failed[0])
+        except KeyboardInterrupt:
+            stop_all()
+            raise
+    return seconds
 
 
 def prepare_synthetic(root, recipe, seed, steps, own):
@@ -287,20 +387,27 @@ def main(args):
                for m in preset.get("rows", ())}}
     wanted = args.modes.split(",") + ([run_name(m) for m in preset.get("rows", ())] if args.modes == ",".join(MODES)
                                       else [])
-    for mode in plan:
-        if mode in wanted:
-            seconds = run_step(mode, plan[mode], os.path.join(out, f"{mode}.out"))
+    # the teacher first, at every core; then the students, --jobs at a time: the longest first (the rows with
+    # unlabelled images), the student from scratch last (alone at every core when the count is odd: step_threads)
+    students = [m for m in plan if m != "teacher"]
+    students = [m for m in students if m.endswith("_unl")] + [m for m in students if not m.endswith("_unl")
+                                                             and m != "regular"] + ["regular"]
+    t0 = time.time()
+    for group in (["teacher"], students):
+        todo = [(mode, plan[mode], os.path.join(out, f"{mode}.out")) for mode in group if mode in wanted]
+        for mode, seconds in run_steps(todo, resolve_jobs(args.jobs, args.device)).items():
             if "already finished" not in open(os.path.join(out, f"{mode}.out")).read():
                 steps[mode] = round(seconds, 1)  # a skipped step keeps the time it took when it ran
                 utils.atomic_write_text(steps_path, json.dumps(steps, indent=1))
+    wall = time.time() - t0
 
     run_tests(args, preset, out, data, os.path.join(out, "results.csv"),
               {mode: ["--save_dir", weights] for mode in plan if mode in wanted},
               ["--vis_dir", os.path.join(out, "visualizations"), "--num_vis", "4"])
-    write_table(out, weights, steps, args)
+    write_table(out, weights, steps, args, wall)
 
 
-def write_table(out, weights, steps, args):
+def write_table(out, weights, steps, args, wall=None):
     with open(os.path.join(out, "results.csv")) as f:
         rows = list(csv.DictReader(f))
     curves, lines = {}, []
@@ -322,7 +429,11 @@ def write_table(out, weights, steps, args):
                      f"{float(r['pixel_accuracy']):.4f} | {float(r['avg_inference_time_ms']):.2f} | {best} | "
                      f"{f'{t / 60:.1f} min' if t else '-'} |")
     total = sum(steps.values())
-    table = "\n".join(lines) + f"\n\nPreset `{args.preset}`, total training time {total / 60:.1f} min.\n"
+    table = "\n".join(lines) + f"\n\nPreset `{args.preset}`, training time {total / 60:.1f} min summed over the steps"
+    jobs = resolve_jobs(args.jobs, args.device)
+    if wall is not None:
+        table += f"; {wall / 60:.1f} min of wall time in this run (--jobs {jobs})"
+    table += ".\n"
     utils.atomic_write_text(os.path.join(out, "results.md"), table)
     if curves:
         utils.plot_miou_curves(curves, os.path.join(out, "curves.png"),
@@ -439,21 +550,34 @@ def run_seeded(args, preset, data, out, weights):
         student, preset, scratch_all, few = few_labels(args, preset, data, student)
         few["unlabeled_batch"] = preset["unlabeled_batch"]
 
-    def step(run, argv):
+    def done_or_todo(run, argv):
+        """(result, None) for a run that needs no training (or --table_only), else (None, the step to run)."""
         log = os.path.join(weights, f"{run}_log.jsonl")
         if args.table_only:
-            return finished(log, last_value(argv, "--epochs"), run)
+            return finished(log, last_value(argv, "--epochs"), run), None
         if run != "teacher" and not os.path.exists(os.path.join(weights, f"{run}_last.pth")) and os.path.exists(log) \
                 and len(open(log).readlines()) >= last_value(argv, "--epochs"):
             # its log holds every epoch (e.g. the logs committed beside a table, on a new machine): not trained again;
             # the teacher is, when its checkpoint is missing, since the KD runs need it
             print(f"{run}: finished in {log} (its checkpoints are not here); not trained again", flush=True)
-            return final_miou(log)
-        run_step(run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
-        return final_miou(log)
+            return final_miou(log), None
+        return None, (run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
+
+    def run_all(plan):
+        """{run: final_miou or None} for [(run, argv)]: the runs that need training, --jobs at a time."""
+        results, steps, done = {}, [], set()
+        for run, argv in plan:
+            results[run], step = done_or_todo(run, argv)
+            steps.append(step or (run, [], ""))
+            done |= {run} if step is None else set()
+        run_steps(steps, resolve_jobs(args.jobs, args.device), skip=done)
+        for run, _ in plan:
+            if results[run] is None and not args.table_only:  # trained just now
+                results[run] = final_miou(os.path.join(weights, f"{run}_log.jsonl"))
+        return results
 
     t_argv = teacher_argv(args, preset, [*base, "--seed", str(args.seed)])
-    teacher = step("teacher", t_argv)
+    teacher = run_all([("teacher", t_argv)])["teacher"]
     if teacher is None:
         raise SystemExit(f"--table_only: the teacher has not finished in {weights}; run without --table_only first")
     t_miou, t_epochs, _, t_sec = teacher
@@ -471,22 +595,21 @@ def run_seeded(args, preset, data, out, weights):
         seconds.setdefault(method, []).append(sec)
         print(f"{method} seed {seed}: last-epoch val mIoU {miou:.4f}", flush=True)
 
-    for seed in seeds:
-        record("scratch", seed, step(f"scratch_s{seed}",
-                                     student_argv(preset, "scratch", [*base, "--seed", str(seed)], student)))
+    # every student in one plan (scratch first, the methods after), run --jobs at a time, recorded in plan order
+    plan = [("scratch", seed, student_argv(preset, "scratch", [*base, "--seed", str(seed)], student))
+            for seed in seeds]
     if few:
-        for seed in seeds:
-            record("scratch_all", seed, step(f"scratch_all_s{seed}", student_argv(
-                preset, "scratch", [*base, "--seed", str(seed)], [*student, *scratch_all])))
+        plan += [("scratch_all", seed, student_argv(preset, "scratch", [*base, "--seed", str(seed)],
+                                                   [*student, *scratch_all])) for seed in seeds]
+    plan += [(method, seed, [*student_argv(preset, method, [*base, "--seed", str(seed)], student),
+                             "--teacher_weights", teacher_last]) for method in methods for seed in seeds]
+    results = run_all([(f"{method}_s{seed}", argv) for method, seed, argv in plan])
+    for method, seed, _ in plan:
+        record(method, seed, results[f"{method}_s{seed}"])
     if "scratch" not in finals:
         raise SystemExit(f"--table_only: no scratch student has finished in {weights}; the table needs one")
     verdict = teacher_guard(t_miou, finals["scratch"], args.split)
     print("\n" + verdict + "\n", flush=True)
-    for method in methods:
-        for seed in seeds:
-            record(method, seed, step(f"{method}_s{seed}", [
-                *student_argv(preset, method, [*base, "--seed", str(seed)], student), "--teacher_weights",
-                teacher_last]))
 
     # ms/image: the student's and the teacher's inference on the reported split (test.py, one run each)
     timed = {"teacher": teacher_last, "regular": os.path.join(weights, f"scratch_s{first_scratch[0]}_last.pth")}
