@@ -1,7 +1,7 @@
 """The results table in one command: teacher, student from scratch, response KD and feature KD under one fixed
 budget, then test.py for the four modes, a Markdown/CSV table and a plot of the students' validation curves.
 
-    python experiments.py                          # demo: synthetic shapes, offline, 8.5 min on 2 cores (no AVX-512)
+    python experiments.py                          # demo: synthetic shapes, offline, minutes on 2 cores (README)
     python experiments.py --preset camvid          # the real-data table, on data/camvid-240x180 (README: CamVid)
     python experiments.py --preset camvid --root_dir DIR --device cuda --num_workers 8
 

@@ -6,14 +6,15 @@ times a workload without one of them.
   NAME          what                                                        where it is applied
   winograd      Winograd F(4x4, 3x3) for wide frozen 3x3 convs on the CPU   the frozen teacher (teacher/)
   cpu_allocator glibc keeps freed memory instead of unmapping it per tensor engine.py at start-up (CPU)
-  fused_adam    Adam/AdamW update of all parameters in one fused kernel       engine.build_optimizer (CPU)
+  fused_adam    Adam/AdamW's update as one fused kernel per tensor          engine.build_optimizer (CPU)
 
 Measured on the development machine (2 cores, AMD EPYC without AVX-512, 256x256, batch 8), the step without the
 trick against with it: winograd 4.85 vs 3.95-4.14 s per response-KD step (15-19% of it); cpu_allocator 4.91 vs
-3.95-4.14 s per response step, 1.48 vs 1.35-1.41 s per scratch step. Two earlier tricks were measured the same way
-and removed for paying less than 10%: the student's centre-tap ASPP convs (scratch 1.39 s without vs 1.35-1.41 s
-with; inference faster without) and BatchNorm folding (response 4.14 vs 3.95-4.14 s, feature and inference no
-faster with it).
+3.95-4.14 s per response step, 1.48 vs 1.35-1.41 s per scratch step; fused_adam (another 2-core AMD EPYC, with
+AVX-512, at the demo's 64x64) 0.160 vs 0.140 s per scratch step at 2 threads, 0.240 vs 0.189 s at 1 thread. Two
+earlier tricks were measured the same way and removed for paying less than 10%: the student's centre-tap ASPP convs
+(scratch 1.39 s without vs 1.35-1.41 s with; inference faster without) and BatchNorm folding (response 4.14 vs
+3.95-4.14 s, feature and inference no faster with it).
 Device settings that are torch's own switches (cudnn.benchmark, channels_last, autocast) are set by engine.py.
 """
 import os
@@ -178,7 +179,8 @@ def adam_kwargs(params):
     torch's default Adam on the CPU is its for-loop implementation: a dozen small ops per parameter tensor per
     step (the light student has 158), which on a 64x64 step costs as much as a fifth of the step. fused=True does
     the same update (the same formulas, bias correction and decoupled weight decay) in one kernel per tensor.
-    Measured on 2 cores (docs/speed.md): see the "fused_adam" lines there. On CUDA torch already picks its
+    Measured on 2 cores with AVX-512, 64x64, batch 8 (docs/speed.md): the scratch step 0.160 -> 0.140 s at 2
+    threads (12% less), 0.240 -> 0.189 s at 1 thread (22% less); feature KD 11% / 25% less. On CUDA torch already picks its
     multi-tensor path, so nothing is changed there. The result equals the for-loop update up to float rounding
     (tests/test_fast.py), not bit for bit: switching it changes a run's draw, as a thread count does."""
     params = list(params)
