@@ -493,6 +493,40 @@ def summarize(rows_by_method, teacher_miou):
     return table
 
 
+def history_difference(earlier, now):
+    """The first difference between two runs' per-epoch logs, wall times aside ('' when they are the same run)."""
+    if len(earlier) != len(now):
+        return f"{len(now)} epochs against {len(earlier)}"
+    for a, b in zip(earlier, now):
+        for key in sorted(set(a) | set(b)):
+            if key != "epoch_time_s" and a.get(key) != b.get(key):
+                return f"epoch {a.get('epoch')}: {key} {b.get(key)} against {a.get(key)}"
+    return ""
+
+
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS",
+              "SEGKD_DISABLE")
+
+
+def record_machine(out, jobs):
+    """Append to OUT/machine.json what decides a run's float sums besides its flags (torch, the CPU's AVX-512, the
+    kernel and thread settings, --jobs), when it differs from the last entry; say so when it does."""
+    import platform
+
+    import torch
+
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    now = {"torch": torch.__version__, "machine": platform.machine(), "cores": cpu_cores(), "jobs": jobs,
+           "avx512f": " avx512f" in flags, **{k: os.environ.get(k, "") for k in KERNEL_ENV}}
+    path = os.path.join(out, "machine.json")
+    history = json.load(open(path)) if os.path.exists(path) else []
+    if history and {k: v for k, v in history[-1].items() if k != "date"} != now:
+        print(f"note: {path}: earlier runs here ran with {history[-1]}, this one with {now}; runs under other kernels "
+              "or threads are other draws", flush=True)
+    if not history or {k: v for k, v in history[-1].items() if k != "date"} != now:
+        utils.atomic_write_text(path, json.dumps(history + [{**now, "date": time.strftime("%Y-%m-%d")}], indent=1))
+
+
 def teacher_guard(teacher_miou, scratch_mious, split):
     """The line that says whether the teacher leads the scratch student (mean over seeds) on the reported split."""
     scratch = sum(scratch_mious) / len(scratch_mious)
@@ -577,7 +611,29 @@ def run_seeded(args, preset, data, out, weights):
         return results
 
     t_argv = teacher_argv(args, preset, [*base, "--seed", str(args.seed)])
+    t_log = os.path.join(weights, "teacher_log.jsonl")
+    # The students' logs (e.g. committed beside a table, read on a new machine) were distilled from the teacher that
+    # teacher_log.jsonl describes; one retrained for its missing checkpoint must repeat it, or no run may join them.
+    earlier = None
+    if not args.table_only and os.path.exists(t_log) and not os.path.exists(teacher_last) and any(
+            f.endswith("_log.jsonl") and f != "teacher_log.jsonl" for f in os.listdir(weights)):
+        earlier = open(t_log).read()
+    if not args.table_only:
+        record_machine(out, resolve_jobs(args.jobs, args.device))
     teacher = run_all([("teacher", t_argv)])["teacher"]
+    if earlier is not None:
+        differs = history_difference([json.loads(x) for x in earlier.splitlines()],
+                                     [json.loads(x) for x in open(t_log)])
+        if differs:
+            kept = os.path.join(weights, "teacher_log.earlier.jsonl")
+            utils.atomic_write_text(kept, earlier)
+            raise SystemExit(
+                f"the teacher retrained here (its checkpoint was missing) does not repeat the one in the logs of "
+                f"{weights}: {differs}. The students there learned from that other teacher, so no new run may join "
+                f"them: repeat the kernels, threads and torch of {os.path.join(out, 'machine.json')} (e.g. "
+                f"ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 on any x86 CPU), or use another --out_dir. The "
+                f"earlier log is kept as {kept}")
+        print(f"teacher retrained: its log repeats the earlier one epoch for epoch ({t_log})", flush=True)
     if teacher is None:
         raise SystemExit(f"--table_only: the teacher has not finished in {weights}; run without --table_only first")
     t_miou, t_epochs, _, t_sec = teacher

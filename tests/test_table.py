@@ -184,6 +184,25 @@ def test_few_label_table_on_the_development_split(tmp_path, torch_home):
     assert (out / "weights" / "teacher_last.pth").is_file() and not (out / "weights" / "scratch_s0_last.pth").exists()
     with open(out / "results_seeds.csv") as f:
         assert [r["mean_miou"] for r in csv.DictReader(f)] == [r["mean_miou"] for r in rows.values()]
+    # the retrained teacher repeated the logged one (same kernels and threads), which is what lets the runs join
+    assert "teacher retrained: its log repeats the earlier one epoch for epoch" in proc.stdout
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine and {"torch", "avx512f", "ATEN_CPU_CAPABILITY", "jobs"} <= set(machine[-1])
+
+    # a teacher that does not repeat the logged one (here: its log altered) stops the run before any student
+    (out / "weights" / "teacher_last.pth").unlink()
+    lines = [json.loads(x) for x in (out / "weights" / "teacher_log.jsonl").read_text().splitlines()]
+    lines[0]["train_loss"] += 1e-6
+    altered = "".join(json.dumps(x) + "\n" for x in lines)
+    (out / "weights" / "teacher_log.jsonl").write_text(altered)
+    proc = run_cli([os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few", "--root_dir", str(tmp_path / "camvid"),
+                    "--img_size", "24", "32", "--teacher_epochs", "1", "--student_epochs", "2", "--seeds", "0",
+                    "--methods", "response@u,feature@u", "--split", "dev", "--out_dir", str(out), "--num_workers", "0",
+                    "--device", "cpu", "--extra", "--batch_size 2"], tmp_path, torch_home, timeout=600, check=False)
+    assert proc.returncode != 0 and "does not repeat the one in the logs" in proc.stderr
+    assert "epoch 0: train_loss" in proc.stderr
+    assert (out / "weights" / "teacher_log.earlier.jsonl").read_text() == altered
+    assert not (out / "weights" / "feature@u_s0_log.jsonl").exists()  # no student trained from the other teacher
 
 
 def test_few_label_students_get_the_camvid_tables_steps(tmp_path):
