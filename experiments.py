@@ -364,6 +364,7 @@ def run_tests(args, preset, out, data, results_csv, sources, pictures):
 
 
 def main(args):
+    args.jobs = resolve_jobs(args.jobs, args.device)  # once, before any work: a bad value stops here
     preset = PRESETS[args.preset]
     root = args.root_dir or preset["root_dir"]
     out = out_dir(args)
@@ -395,7 +396,7 @@ def main(args):
     t0 = time.time()
     for group in (["teacher"], students):
         todo = [(mode, plan[mode], os.path.join(out, f"{mode}.out")) for mode in group if mode in wanted]
-        for mode, seconds in run_steps(todo, resolve_jobs(args.jobs, args.device)).items():
+        for mode, seconds in run_steps(todo, args.jobs).items():
             if "already finished" not in open(os.path.join(out, f"{mode}.out")).read():
                 steps[mode] = round(seconds, 1)  # a skipped step keeps the time it took when it ran
                 utils.atomic_write_text(steps_path, json.dumps(steps, indent=1))
@@ -430,9 +431,8 @@ def write_table(out, weights, steps, args, wall=None):
                      f"{f'{t / 60:.1f} min' if t else '-'} |")
     total = sum(steps.values())
     table = "\n".join(lines) + f"\n\nPreset `{args.preset}`, training time {total / 60:.1f} min summed over the steps"
-    jobs = resolve_jobs(args.jobs, args.device)
     if wall is not None:
-        table += f"; {wall / 60:.1f} min of wall time in this run (--jobs {jobs})"
+        table += f"; {wall / 60:.1f} min of wall time in this run (--jobs {args.jobs})"
     table += ".\n"
     utils.atomic_write_text(os.path.join(out, "results.md"), table)
     if curves:
@@ -520,11 +520,30 @@ def record_machine(out, jobs):
            "avx512f": " avx512f" in flags, **{k: os.environ.get(k, "") for k in KERNEL_ENV}}
     path = os.path.join(out, "machine.json")
     history = json.load(open(path)) if os.path.exists(path) else []
-    if history and {k: v for k, v in history[-1].items() if k != "date"} != now:
+    last = {k: v for k, v in history[-1].items() if k != "date"} if history else None
+    if last == now:
+        return
+    if last is not None:
         print(f"note: {path}: earlier runs here ran with {history[-1]}, this one with {now}; runs under other kernels "
               "or threads are other draws", flush=True)
-    if not history or {k: v for k, v in history[-1].items() if k != "date"} != now:
-        utils.atomic_write_text(path, json.dumps(history + [{**now, "date": time.strftime("%Y-%m-%d")}], indent=1))
+    utils.atomic_write_text(path, json.dumps(history + [{**now, "date": time.strftime("%Y-%m-%d")}], indent=1))
+
+
+def check_teacher_repeats(earlier, t_log, out):
+    """Stop unless the teacher just retrained into t_log repeats the history `earlier` (that log's text before),
+    which is kept as teacher_log.earlier.jsonl when it does not."""
+    differs = history_difference([json.loads(x) for x in earlier.splitlines()], [json.loads(x) for x in open(t_log)])
+    if not differs:
+        print(f"teacher retrained: its log repeats the earlier one epoch for epoch ({t_log})", flush=True)
+        return
+    weights = os.path.dirname(t_log)
+    kept = os.path.join(weights, "teacher_log.earlier.jsonl")
+    utils.atomic_write_text(kept, earlier)
+    raise SystemExit(
+        f"the teacher retrained here (its checkpoint was missing) does not repeat the one in the logs of {weights}: "
+        f"{differs}. The students there learned from that other teacher, so no new run may join them: repeat the "
+        f"kernels, threads and torch of {os.path.join(out, 'machine.json')} (e.g. ATEN_CPU_CAPABILITY=avx2 "
+        f"DNNL_MAX_CPU_ISA=AVX2 on any x86 CPU), or use another --out_dir. The earlier log is kept as {kept}")
 
 
 def teacher_guard(teacher_miou, scratch_mious, split):
@@ -604,7 +623,7 @@ def run_seeded(args, preset, data, out, weights):
             results[run], step = done_or_todo(run, argv)
             steps.append(step or (run, [], ""))
             done |= {run} if step is None else set()
-        run_steps(steps, resolve_jobs(args.jobs, args.device), skip=done)
+        run_steps(steps, args.jobs, skip=done)
         for run, _ in plan:
             if results[run] is None and not args.table_only:  # trained just now
                 results[run] = final_miou(os.path.join(weights, f"{run}_log.jsonl"))
@@ -619,21 +638,10 @@ def run_seeded(args, preset, data, out, weights):
             f.endswith("_log.jsonl") and f != "teacher_log.jsonl" for f in os.listdir(weights)):
         earlier = open(t_log).read()
     if not args.table_only:
-        record_machine(out, resolve_jobs(args.jobs, args.device))
+        record_machine(out, args.jobs)
     teacher = run_all([("teacher", t_argv)])["teacher"]
     if earlier is not None:
-        differs = history_difference([json.loads(x) for x in earlier.splitlines()],
-                                     [json.loads(x) for x in open(t_log)])
-        if differs:
-            kept = os.path.join(weights, "teacher_log.earlier.jsonl")
-            utils.atomic_write_text(kept, earlier)
-            raise SystemExit(
-                f"the teacher retrained here (its checkpoint was missing) does not repeat the one in the logs of "
-                f"{weights}: {differs}. The students there learned from that other teacher, so no new run may join "
-                f"them: repeat the kernels, threads and torch of {os.path.join(out, 'machine.json')} (e.g. "
-                f"ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 on any x86 CPU), or use another --out_dir. The "
-                f"earlier log is kept as {kept}")
-        print(f"teacher retrained: its log repeats the earlier one epoch for epoch ({t_log})", flush=True)
+        check_teacher_repeats(earlier, t_log, out)
     if teacher is None:
         raise SystemExit(f"--table_only: the teacher has not finished in {weights}; run without --table_only first")
     t_miou, t_epochs, _, t_sec = teacher

@@ -180,8 +180,8 @@ def adam_kwargs(params):
     step (the light student has 158), which on a 64x64 step costs as much as a fifth of the step. fused=True does
     the same update (the same formulas, bias correction and decoupled weight decay) in one kernel per tensor.
     Measured on 2 cores with AVX-512, 64x64, batch 8 (docs/speed.md): the scratch step 0.160 -> 0.140 s at 2
-    threads (12% less), 0.240 -> 0.189 s at 1 thread (22% less); feature KD 11% / 25% less. On CUDA torch already picks its
-    multi-tensor path, so nothing is changed there. The result equals the for-loop update up to float rounding
+    threads (12% less), 0.240 -> 0.189 s at 1 thread (22% less); feature KD 11% / 25% less. On CUDA torch already
+    picks its multi-tensor path, so nothing is changed there. The result equals the for-loop update up to float rounding
     (tests/test_fast.py), not bit for bit: switching it changes a run's draw, as a thread count does."""
     params = list(params)
     if not enabled("fused_adam") or not params:
