@@ -105,7 +105,7 @@ def _stop(code):
     the interpreter's teardown then dies of SIGABRT ('terminate called without an active exception'), seen about
     once in four runs of tests/test_full_disk.py, so that torchrun reported a signal instead of the exit code.
     Every file the run writes is written whole by then (atomic writes), so skipping the teardown loses nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_by_torchrun():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -265,7 +265,7 @@ def init_distributed(device_arg):
     if device_arg.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {device_arg}: CUDA is not available on this machine; use --device cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+    if launched_by_torchrun():
         if device_arg.startswith("cuda"):
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
@@ -279,6 +279,12 @@ def init_distributed(device_arg):
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
     return device, local_rank
+
+
+def launched_by_torchrun():
+    """One of several processes started by torchrun (its RANK and WORLD_SIZE > 1): true before the process group
+    starts and after it is destroyed, where is_dist() is not."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def cleanup_distributed():
