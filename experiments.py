@@ -731,7 +731,7 @@ def write_seeded(out, table, curves, verdict, args, n_seeds, chosen_on=None, ext
         bands[method] = (runs[0][0][:n], [sum(v) / len(v) for v in per_epoch], [min(v) for v in per_epoch],
                          [max(v) for v in per_epoch])
     utils.plot_miou_curves(bands, os.path.join(out, "curves_seeds.png"),
-                           title=f"{args.preset} ({args.split}): mean over seeds, band min-max")
+                           title=f"{args.preset} ({args.split}): mean over seeds, band min-max", twin_suffix=UNLABELED)
     print("\n" + text + f"written: {out}/results_seeds.csv, results_seeds.md, curves_seeds.png")
 
 

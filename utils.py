@@ -370,21 +370,21 @@ def plot_curves(history, path, title=""):
     atomic_write_bytes(path, _figure_bytes(fig))
 
 
-def plot_miou_curves(curves, path, title="validation mIoU"):
+def plot_miou_curves(curves, path, title="validation mIoU", twin_suffix=None):
     """curves: {label: (epochs, mious)} on one axis, or {label: (epochs, mean, low, high)}: the mean as a line
-    and the low-high band (e.g. the min and max over seeds) shaded. A method and its twin with unlabelled images
-    ("X" and "X@u") share a colour: X@u solid, X dashed. The legend sits beside the axis, off the curves."""
+    and the low-high band (e.g. the min and max over seeds) shaded. With twin_suffix (experiments.UNLABELED), a label
+    and its twin label + twin_suffix share a colour: the twin solid, the label dashed. The legend sits beside the
+    axis, off the curves."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4))
     colours = {}
     for label, (epochs, mious, *band) in curves.items():
-        base, twin = label.split("@")[0], label.endswith("@u")
-        dashed = not twin and f"{label}@u" in curves
-        if base not in colours:
-            colours[base] = f"C{len(colours) % 10}"
-        ax.plot(epochs, mious, label=label, color=colours[base], linestyle="--" if dashed else "-")
+        base = label.removesuffix(twin_suffix) if twin_suffix else label
+        colour = colours.setdefault(base, f"C{len(colours) % 10}")
+        dashed = bool(twin_suffix) and label + twin_suffix in curves
+        ax.plot(epochs, mious, label=label, color=colour, linestyle="--" if dashed else "-")
         if band:
-            ax.fill_between(epochs, band[0], band[1], color=colours[base], alpha=0.15 if dashed else 0.2, linewidth=0)
+            ax.fill_between(epochs, band[0], band[1], color=colour, alpha=0.15 if dashed else 0.2, linewidth=0)
     ax.set_xlabel("epoch"), ax.set_ylabel("val mIoU"), ax.set_title(title), ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
