@@ -14,7 +14,8 @@ import engine
 import train
 import utils
 from conftest import ROOT, run_cli
-from dataset import DatasetError, build_dataset, dataset_info, make_synthetic_cityscapes, make_synthetic_folder
+from dataset import DatasetError, build_dataset, dataset_info
+from synthetic_sources import make_synthetic_cityscapes, make_synthetic_folder
 
 SMALL = ["--img_size", "32", "--batch_size", "4", "--num_workers", "0", "--no_progress", "--num_vis", "0"]
 CLASSES = ["background", "disk hstripes", "square vstripes", "triangle checker"]  # make_synthetic_folder's default
