@@ -298,9 +298,33 @@ def test_folder_train_distil_test_predict_end_to_end(tmp_path):
     assert dataset.recorded_info({**ckpt, "dataset": "voc"}, "voc") is dataset.VOC
 
 
-def test_dataset_check_reads_a_folder(tmp_path):
-    root = make_synthetic_folder(str(tmp_path / "d"), num_images=6, size=(32, 32), ignore_index=9, mask_mode="L")
+@pytest.fixture(scope="module")
+def checked_folder(tmp_path_factory):
+    """A folder dataset whose unlabelled pixels are 9, and what `dataset.py --check` printed of it: (root, stdout)."""
+    tmp = tmp_path_factory.mktemp("check")
+    root = make_synthetic_folder(str(tmp / "d"), num_images=6, size=(32, 32), ignore_index=9, mask_mode="L")
     out = run_cli([script("dataset.py"), "--check", "--dataset", "folder", "--root_dir", root, "--img_size", "32",
-                   "--ignore_index", "9"], tmp_path)
-    assert "folder train: 5 images" in out.stdout and "folder val: 1 images" in out.stdout
-    assert "background" in out.stdout and "ignore" in out.stdout
+                   "--ignore_index", "9"], tmp)
+    return root, out.stdout
+
+
+def test_dataset_check_prints_each_splits_size(checked_folder):
+    _, stdout = checked_folder
+    assert "folder train: 5 images" in stdout and "folder val: 1 images" in stdout  # 6 images, --val_fraction 0.1
+
+
+def expected_histogram(masks):
+    """The line --check prints for these masks, counted here from the files (32 px: no resize), 9 as ignore."""
+    values = np.concatenate([raw(m).ravel() for m in masks])
+    shares = [f"{n} {(values == c).mean():.1%}" for c, n in enumerate(CLASSES) if (values == c).any()]
+    return f"  pixels of {len(masks)} masks: " + ", ".join([*shares, f"ignore {(values == 9).mean():.1%}"])
+
+
+def test_dataset_check_prints_each_splits_class_shares_with_the_ignore_value(checked_folder):
+    """Every mask of a split this small is counted (--check picks up to 8): its shares are the files' own, the
+    folder's --ignore_index counted as ignore (a share above 0: the border band of every object)."""
+    root, stdout = checked_folder
+    printed = [line for line in stdout.splitlines() if line.startswith("  pixels of ")]
+    expected = [expected_histogram([m for _, m in build_dataset("folder", root, split, 32, train=False,
+                                                                  ignore_index=9).files]) for split in ("train", "val")]
+    assert printed == expected and "ignore 0.0%" not in expected[0]
