@@ -36,13 +36,13 @@ from torchvision.transforms.v2 import functional as F
 
 import segdata
 from download import CAMVID_FOLDER, download_camvid, resize_camvid, resized_name
-from segdata.camvid import CAMVID, CAMVID_DERIVED, CAMVID_DEV_SEQUENCE, CAMVID_FEW  # noqa: F401 (re-exported)
-from segdata.cityscapes import CITYSCAPES, CITYSCAPES_TRAIN_IDS  # noqa: F401 (re-exported)
-from segdata.common import (IGNORE_INDEX, UNREADABLE, DatasetError, DatasetInfo, Listing, SplitRequest,  # noqa: F401
-                            parse_size)
-from segdata.folder import FOLDER_SPLIT_SEED, read_classes  # noqa: F401 (re-exported)
-from segdata.synthetic import SYNTHETIC_RECIPE, make_synthetic_voc, synthetic_recipe  # noqa: F401 (re-exported)
-from segdata.voc import VOC, download_voc  # noqa: F401 (re-exported)
+# The names other files import from here, wherever they now live: the class tables, the errors, the generator.
+from segdata.camvid import CAMVID  # noqa: F401
+from segdata.cityscapes import CITYSCAPES, CITYSCAPES_TRAIN_IDS  # noqa: F401
+from segdata.common import IGNORE_INDEX, UNREADABLE, DatasetError, DatasetInfo, SplitRequest, parse_size
+from segdata.folder import FOLDER_SPLIT_SEED, read_classes  # noqa: F401
+from segdata.synthetic import SYNTHETIC_RECIPE, make_synthetic_voc, synthetic_recipe  # noqa: F401
+from segdata.voc import VOC, download_voc  # noqa: F401
 from utils import UserError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -311,16 +311,17 @@ def list_split(name, root, split, train_split="auto", val_split="val", download=
     train_split, or "val", which honours val_split), from the source segdata.SOURCES[name]. No file is opened."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    info = dataset_info(name, root)
+    source = segdata.source(name)
+    info = source.info_at(root)
     if download not in (None, False, True, "voc", name):  # "voc" is plain --download's value, whatever --dataset
         raise DatasetError(f"--download {download} with --dataset {name}: the training scripts fetch --dataset's "
                            "data; pass plain --download")
-    if name != "folder" and ignore_index != IGNORE_INDEX:
+    if not source.own_ignore_index and ignore_index != IGNORE_INDEX:
         raise DatasetError(f"--ignore_index {ignore_index}: only --dataset folder takes another ignore value; "
                            f"{name}'s masks mark unlabelled pixels {IGNORE_INDEX}")
     request = SplitRequest(split, train_split if split == "train" else val_split, info, download, ignore_index,
                            val_fraction)
-    return info, segdata.source(name).list_split(root, request)
+    return info, source.list_split(root, request)
 
 
 def build_dataset(name, root, split, img_size, train, augment="train", geometric=False, cache=True,

@@ -89,6 +89,7 @@ class Source:
     list_split: Callable  # (root, SplitRequest) -> Listing
     info: Optional[DatasetInfo] = None
     read_info: Optional[Callable] = None
+    own_ignore_index: bool = False  # its masks may mark unlabelled pixels with another value than 255 (--ignore_index)
 
     def info_at(self, root):
         return self.info if self.info is not None else self.read_info(root)

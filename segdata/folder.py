@@ -155,4 +155,4 @@ def _remap(info, ignore_index, root):
     return {} if ignore_index == IGNORE_INDEX else {ignore_index: IGNORE_INDEX, IGNORE_INDEX: None}
 
 
-SOURCE = Source("folder", list_split, read_info=folder_info)
+SOURCE = Source("folder", list_split, read_info=folder_info, own_ignore_index=True)
