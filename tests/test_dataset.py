@@ -233,3 +233,24 @@ def test_synthetic_extra_images_form_a_larger_teacher_split(tmp_path):
     assert big[:4] == train and len(big) == 9 and not set(big) & set(val)
     assert len(build_dataset("voc", large, "train", (16, 16), train=True, train_split="train_large")) == 9
     assert len(build_dataset("voc", large, "train", (16, 16), train=True)) == 4
+
+
+def test_every_dataset_choice_is_a_registered_source_and_back():
+    """--dataset's choices are segdata.SOURCES: a source added there is a choice without another edit."""
+    import argparse
+
+    import segdata
+    from dataset import add_data_args
+
+    choices = next(a.choices for a in add_data_args(argparse.ArgumentParser())._actions if a.dest == "dataset")
+    assert sorted(choices) == sorted(segdata.SOURCES) == ["camvid", "cityscapes", "folder", "voc"]
+
+
+def test_a_lister_returns_the_pairs_of_the_split_asked_for(synthetic_root):
+    from dataset import list_split
+    from segdata.common import Listing
+
+    info, listing = list_split("voc", synthetic_root, "val")
+    ids = open(os.path.join(synthetic_root, "VOCdevkit", "VOC2012", "ImageSets", "Segmentation", "val.txt")).read()
+    assert info is VOC and isinstance(listing, Listing) and listing.used == "val"
+    assert [os.path.basename(m)[:-4] for _, m in listing.pairs] == ids.split()
