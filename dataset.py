@@ -278,12 +278,13 @@ def _read_header(path):
 
 def _pair_problem(image_path, mask_path):
     """What makes one image/mask pair unusable, read from the two files' headers, or None."""
-    for path, what in ((image_path, "image"), (mask_path, "mask")):
+    files = ((image_path, "image"), (mask_path, "mask"))
+    for path, what in files:
         if not os.path.isfile(path):
             other = f" (its image: {image_path})" if what == "mask" else ""
             return f"{what} {path} does not exist{other}"
     headers = {}
-    for path, what in ((image_path, "image"), (mask_path, "mask")):
+    for path, what in files:  # both exist before either is read: a missing mask is named before a bad image
         try:
             headers[what] = _read_header(path)
         except UNREADABLE as err:
@@ -308,7 +309,7 @@ def preflight(pairs, source):
 def list_split(name, root, split, train_split="auto", val_split="val", download=False, ignore_index=IGNORE_INDEX,
                val_fraction=0.1):
     """-> (DatasetInfo, Listing): the classes of --dataset NAME and the pairs of its split ("train", which honours
-    train_split, or "val", which honours val_split), from the source segdata.SOURCES[name]. No file is opened."""
+    train_split, or "val", which honours val_split), from the source segdata.SOURCES[name]. No image is opened."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     source = segdata.source(name)

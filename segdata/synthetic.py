@@ -67,6 +67,7 @@ def _differs_nearby(label):
 
 
 def synthetic_sample(h, w, rng, classes=None, radius=(0.15, 0.3), max_objects=3):
+    """One (HxWx3 uint8 image, HxW uint8 label) of textured shapes drawn from rng; 255 on the objects' borders."""
     # Background: smooth colour blotches plus grain, i.e. texture that belongs to no class.
     blotches = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
     image = np.asarray(blotches.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
