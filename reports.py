@@ -17,6 +17,11 @@ def read_log(log_path):
     return [json.loads(x) for x in open(log_path)] if os.path.exists(log_path) else []
 
 
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def final_miou(log_path, hist=None):
     """(last epoch's val mIoU, epochs, val mIoU per epoch, training seconds) from RUN_log.jsonl (or its lines)."""
     hist = hist if hist is not None else read_log(log_path)
@@ -102,8 +107,7 @@ def write_table(out, results_csv, methods, weights, steps, preset, wall, jobs):
     """results.md (and the printed table) from test.py's rows in results_csv, curves.png from the runs' logs.
     methods: {run name: method}, in the table's order; steps: {run name: training wall seconds}; wall: seconds of
     this invocation's training (None: nothing timed)."""
-    with open(results_csv) as f:
-        rows = {r["run"]: r for r in csv.DictReader(f)}
+    rows = {r["run"]: r for r in read_csv(results_csv)}
     lines = ["| model | mIoU (255 excluded) | mIoU (original, 255 clamped) | pixel acc. | ms/image | best epoch | "
              "train time |", "|---|---|---|---|---|---|---|"]
     curves = {}
@@ -243,8 +247,3 @@ def seed_bands(methods):
         bands[method] = (curves[0][0][:n], [sum(v) / len(v) for v in per_epoch], [min(v) for v in per_epoch],
                          [max(v) for v in per_epoch])
     return bands
-
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
