@@ -1,141 +1,72 @@
-"""The results table in one command: teacher, student from scratch, response KD and feature KD under one fixed
-budget, then test.py for the four modes, a Markdown/CSV table and a plot of the students' validation curves.
+"""The results tables in one command: a teacher, a student from scratch and distilled students under one fixed
+budget, tested, into a Markdown/CSV table and a plot of the students' validation curves.
 
     python experiments.py                          # demo: synthetic shapes, offline, minutes on 2 cores (README)
-    python experiments.py --preset camvid          # the real-data table, on data/camvid-240x180 (README: CamVid)
+    python experiments.py --preset camvid --seeds 0,1,2   # the real-data table, on data/camvid-240x180 (README)
     python experiments.py --preset camvid --root_dir DIR --device cuda --num_workers 8
+    python experiments.py --preset camvid_few --seeds 0,1,2 --table_only   # the table from the runs' logs alone
 
-Every student gets the same epochs, image size, batch, seed, optimizer, schedule and augmentation, so the
-distillation term is the only difference (train_kd.py with --alpha 0 replays the scratch run exactly).
-Each step runs its script with --resume auto: a re-run after an interruption continues the unfinished step and
-skips the finished ones. Outputs go to --out_dir (default runs/PRESET): weights/, results.csv, results.md,
-curves.png, visualizations/, steps.json (wall time of every step).
+Reads: parse, plan, run, report. The plan is a list of runs, each one value (name, method, seed, flags merged
+once from the preset of configs/, see make_plan); runner.py runs them, --jobs at a time, every student of a table at
+the same thread count; reports.py writes the tables. Every student gets the same epochs, image size, batch, seed,
+optimizer, schedule, augmentation and threads, so the distillation term is the only difference (train_kd.py with
+--alpha 0 replays the scratch run exactly). One seed (the default) gives the demo's table: test.py on each run's
+best checkpoint, results.md, results.csv, curves.png, visualizations/. --seeds gives the seeded table: each run's
+last epoch from its log, mean and spread over the seeds, results_seeds.{csv,md}, curves_seeds.png. Runs are named
+METHOD_sSEED (scratch_s0, response@u_s0) and the teacher `teacher`. Each step runs its script with --resume auto:
+a re-run after an interruption continues the unfinished step and skips the finished ones. Outputs go to --out_dir
+(default runs/PRESET): weights/, the tables, steps.json (wall time of every step), machine.json (what the runs ran
+under), NAME.out (every step's output).
 """
 import argparse
-import csv
 import json
 import os
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 
+import reports
+import runner
 import utils
-from test import MODES
+from configs import PRESETS, UNLABELED
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-PRESETS = {
-    # Distillation on data a small network learns in minutes: 64x64 synthetic shapes, 5 object classes that
-    # differ in both shape and texture, large objects. As torchvision's VOC teacher was trained on COCO (far more
-    # images than VOC's train), the teacher here is trained on a larger set than the students: 512 images
-    # (train_large: the students' 128 plus 384 more) for 12 epochs, as much compute as 48 epochs on 128. A ResNet50
-    # from scratch learns nothing here in the time, so the teacher has the student's own architecture. The
-    # students' budget is short on purpose (12 epochs on the 128, where the scratch student is still far from the
-    # teacher); both KD terms at the per-pixel scale (--kd_reduction pixel), response KD at the README's T 4.
-    # What was tried and what each gave: docs/demo_notes.md.
-    "demo": {
-        "dataset": "voc", "root_dir": "data/synthetic",
-        "synthetic": {"num_train": 128, "num_val": 32, "size": (64, 64), "classes": (1, 6, 11, 16, 17),
-                      "radius": (0.2, 0.35), "num_extra": 384},
-        "img_size": ["64"],
-        "teacher": ["--teacher_arch", "light", "--train_split", "train_large", "--epochs", "12", "--batch_size", "8",
-                    "--learning_rate", "2e-3", "--optimizer", "adamw", "--scheduler", "poly", "--geometric",
-                    "--monitor", "miou"],
-        "student": ["--epochs", "12", "--batch_size", "8", "--learning_rate", "2e-3", "--optimizer", "adamw",
-                    "--scheduler", "poly", "--augment", "train", "--geometric", "--monitor", "miou"],
-        "response": ["--kd_reduction", "pixel", "--alpha", "0.9", "--temperature", "4"],
-        "feature": ["--kd_reduction", "pixel", "--alpha", "0.9"],
-        # "@u" rows: the same student with the teacher's own images offered without masks (train_kd.py --unlabeled),
-        # 8 of them appended to every step's 8 labelled ones: the same steps, twice the images
-        "unlabeled": ["--unlabeled", "split:train_large", "--unlabeled_batch", "8"],
-        "rows": ["response@u", "feature@u"],
-        "note": ("What this demo shows: the pipeline runs end to end (data, teacher, five students, test, table), "
-                 "and whether, on this data, the distillation terms carry the teacher's knowledge: the students "
-                 "share one budget (steps, lr, batch, seed, augmentation) and differ only by the distillation term "
-                 "(and, in the last two, the teacher's own images offered without masks), so a KD row above the "
-                 "scratch row is what that term brought.\n"
-                 "What it does not show: anything about PASCAL VOC. The data are synthetic textured shapes (5 "
-                 "classes, 64x64, made in this run); the teacher is the student's own architecture trained on 4x "
-                 "the students' images (as the real teacher saw COCO), not a ResNet50; one seed, so read a margin "
-                 "of a few points as such (docs/demo_notes.md has three student seeds of every row)."),
-    },
-    # CamVid at half resolution. The teacher is the student's architecture trained 4x longer (born-again
-    # distillation): a ResNet50 trained from scratch on 367 images is no better than the student (README).
-    "camvid": {
-        "dataset": "camvid", "root_dir": "data/camvid-240x180", "img_size": ["90", "120"],
-        # --augment strong (lighting from dusk to noon) for teacher and students alike: chosen on the development
-        # split, whose held-out sequence is filmed at dusk (docs/camvid_dev_notes.md)
-        "teacher": ["--teacher_arch", "light", "--epochs", "120", "--batch_size", "8", "--learning_rate", "2e-3",
-                    "--optimizer", "adamw", "--weight_decay", "1e-4", "--scheduler", "poly", "--geometric",
-                    "--augment", "strong", "--monitor", "miou"],
-        # Every student picks its best checkpoint by val mIoU (train.py's own default watches val loss), and the KD
-        # terms use the per-pixel scale the recipe was tuned with (the original's scale grows with the image size).
-        "student": ["--epochs", "30", "--batch_size", "8", "--learning_rate", "5e-3", "--optimizer", "adamw",
-                    "--weight_decay", "1e-4", "--scheduler", "poly", "--augment", "strong", "--geometric",
-                    "--monitor", "miou"],
-        "response": ["--kd_reduction", "pixel", "--alpha", "0.9", "--temperature", "1"],
-        "feature": ["--kd_reduction", "pixel", "--alpha", "0.9"],
-        # attention transfer at 100 (of 1000, the paper's beta, and 100): the development split's choice
-        "at": ["--w_at", "100"],
-        # the seeded table (--seeds): every method at train_kd.py's defaults (its papers' weights) until the
-        # development split has chosen otherwise; '+' runs a combination with each part's flags
-        "methods": ["response", "feature", "cwd", "dist", "at", "affinity", "mgd", "feature+cwd"],
-        # which split chose each value (written under the seeded table): the one-seed sweep of docs/camvid_sweep.md
-        # chose on val, the split the table reports; each entry moves to "dev" when the development split re-chooses it
-        "chosen_on": {"--augment strong (teacher and students)": "dev", "student lr 5e-3": "val",
-                      "response T 1 (of 1 and 4)": "dev", "response alpha 0.9 (of 0.9 and 1.0)": "dev",
-                      "feature alpha 0.9": "val (dev: +4.7 over scratch, one seed)",
-                      "student 30 epochs": "val", "teacher 120 epochs at lr 2e-3": "val (dev: still rising at 120)",
-                      "cwd, dist weights": "none (train_kd.py's defaults, their papers'; dev, one seed: cwd +4.2, "
-                                           "dist +0.5)",
-                      "at weight 100 (of 1000 and 100)": "dev (-3.5 and -1.4, one seed; the best tried, no gain)",
-                      "affinity, mgd weights": "none (train_kd.py's defaults, their papers'; not run on dev)",
-                      "combination feature+cwd": "dev (+6.3 against feature +4.7 and cwd +4.2, one seed)"},
-    },
-}
-# CamVid with few labels (issue 22): the camvid preset's teacher (every label) and student recipe; the students have
-# the masks of the first quarter of each train sequence (dataset.py's SPLIT_quarter) and, in the '@u' rows, every
-# train frame without its mask, 8 appended to each step's 8 labelled ones; scratch_all has every label and the same
-# steps (--steps_per_epoch). Every student runs the camvid table's scratch budget in optimizer steps (30 epochs of all
-# train = 1350 steps), so fewer labels never mean fewer steps: 123 epochs of the labelled quarter (few_label_epochs).
-# On the development split the held-out sequence is in neither the labels nor the pool.
-PRESETS["camvid_few"] = {
-    **PRESETS["camvid"],
-    "few_labels": {"val": ("train_quarter", "split:train"), "dev": ("train_no_dev_quarter", "split:train_no_dev")},
-    "unlabeled_batch": "8",
-    "methods": ["response", "response@u", "feature", "feature@u", "dist", "dist@u", "feature+cwd", "feature+cwd@u"],
-    "chosen_on": {**PRESETS["camvid"]["chosen_on"],
-                  "unlabelled images per step 8 (1:1)": "none (the default; not compared)",
-                  "student steps: the camvid table's scratch budget (1350)": "none (that table's; not compared)"},
-}
+SPLITS = {"val": ({}, {}), "dev": ({"train_split": "train_no_dev"}, {"val_split": "dev"})}  # (train, val) flags
+LEGACY_MODES = {"regular": "scratch"}
+TEST_MODES = {"teacher": "teacher", "scratch": "regular", "response": "response", "feature": "feature"}  # test.py's  # --modes names of the four-row table that became method names
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Train and test teacher + three students; write the table")
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p = argparse.ArgumentParser(description="Train and test a teacher and its students under one budget; write the "
+                                            "table")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="a file of configs/")
     p.add_argument("--root_dir", default=None, help="dataset folder (default: the preset's)")
-    p.add_argument("--out_dir", default=None, help="default runs/PRESET")
+    p.add_argument("--out_dir", default=None, help="default runs/PRESET (runs/PRESET_dev with --split dev)")
     p.add_argument("--device", default="auto")
     p.add_argument("--num_workers", type=int, default=-1, help=utils.NUM_WORKERS_HELP)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of steps to run")
+    p.add_argument("--seed", type=int, default=0, help="the teacher's seed, and the students' without --seeds")
+    p.add_argument("--modes", default=None,
+                   help="the one-seed table's rows to run, comma list of teacher, regular (or scratch) and method "
+                        "names (e.g. teacher,regular,response@u); default: the teacher, scratch and every --methods "
+                        "entry")
     p.add_argument("--img_size", nargs="+", default=None, help="override the preset's image size (H [W])")
     p.add_argument("--teacher_epochs", type=int, default=None, help="override the preset's teacher budget")
     p.add_argument("--student_epochs", type=int, default=None, help="override the preset's student budget")
-    p.add_argument("--extra", default="", help="flags appended to every training step, e.g. '--amp'")
+    p.add_argument("--extra", default="",
+                   help="flags added to every training step, e.g. '--amp'; the preset's recipes and the flags above "
+                        "win over them (make_plan's order)")
     p.add_argument("--jobs", default="auto",
-                   help="students trained at once after the teacher, each at cores // jobs threads (an odd one out "
-                        "at more: the plan fixes every step's threads, so a re-run or resume reproduces it). auto: 2 "
-                        "on a CPU of 2+ cores, 1 on a GPU. The thread count is part of a run's draw (float sums)")
+                   help="students trained at once after the teacher (alone, at every core), each at cores // jobs "
+                        "threads, the odd one out included: the plan fixes every step's threads, so a re-run or "
+                        "resume reproduces it. auto: 2 on a CPU of 2+ cores, 1 on a GPU. The thread count is part "
+                        "of a run's draw (float sums)")
+    p.add_argument("--methods", default=None,
+                   help="KD methods, comma list, '+' joins methods into one run, '@u' adds the preset's unlabelled "
+                        "images (e.g. response,feature,cwd,response+cwd,response@u); default: the preset's")
     g = p.add_argument_group("the seeded table (issue: results a researcher can trust)")
     g.add_argument("--seeds", default=None,
                    help="comma list of student seeds, e.g. 0,1,2: the teacher once, then scratch and every --methods "
                         "entry per seed; one row per method with mean, min and max over the seeds of each run's "
-                        "LAST epoch (a fixed budget, no epoch picked on the reported split). Default: the four-row "
-                        "table of --seed")
-    g.add_argument("--methods", default=None,
-                   help="KD methods of the seeded table, comma list, '+' joins methods into one run "
-                        "(e.g. response,feature,cwd,response+cwd); default: the preset's")
+                        "LAST epoch (a fixed budget, no epoch picked on the reported split). Default: the one-seed "
+                        "table of --seed (test.py on each run's best checkpoint)")
     g.add_argument("--table_only", action="store_true",
                    help="train nothing: write the seeded table from the runs of --out_dir that have finished (the "
                         "others are named and left out; a row's 'seeds' column says how many it holds), e.g. a "
@@ -146,117 +77,157 @@ def get_args_parser():
     return p
 
 
-def run_step(name, argv, log_path):
-    """One script in its own process; its output is shown and kept in OUT/NAME.out."""
-    t0 = time.time()
-    print(f"\n=== {name}: python {' '.join(argv)}", flush=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if not progress_line(line):
-                print(line, end="", flush=True)
-        proc.wait()
-    if proc.returncode != 0:
-        raise SystemExit(f"step {name} failed (exit {proc.returncode}); its output is in {log_path}")
-    return time.time() - t0
+# ---- plan: every run one value --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    name: str  # the files' prefix under weights/ and the step's name: teacher, scratch_s0, feature+cwd@u_s1
+    method: str  # teacher, scratch, scratch_all, or KD methods: 'a+b' (both in one loss), 'a@u' (unlabelled images)
+    seed: int
+    script: str
+    flags: dict  # {flag: value}: True for a switch, a list for several values
+
+    def argv(self):
+        return [self.script, *to_argv(self.flags)]
 
 
-def cpu_cores():
-    """The cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def to_argv(flags):
+    """{'epochs': 12, 'geometric': True, 'img_size': ['90', '120']} -> ['--epochs', '12', '--geometric', ...]."""
+    argv = []
+    for key, value in flags.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif value is not None and value is not False:
+            argv += [f"--{key}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return argv
 
 
-def resolve_jobs(jobs, device):
-    """--jobs auto: 2 on a CPU of 2 cores or more (two 1-thread trainings beat one 2-thread one: torch's threads
-    scale poorly on small steps), 1 on a GPU (one device) or a single core."""
-    if jobs != "auto":
-        if not jobs.isdigit() or int(jobs) < 1:
-            raise SystemExit(f"--jobs {jobs}: give a whole number of 1 or more, or auto")
-        return int(jobs)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return 2 if device == "cpu" and cpu_cores() >= 2 else 1
-
-
-def step_threads(n_steps, jobs, cores):
-    """Threads of each of n_steps independent steps run `jobs` at a time: cores // jobs, except the last
-    n_steps % jobs steps, which run together at cores // (n_steps % jobs) (the last step of an odd plan, alone, at
-    every core). A function of the plan alone, never of timing: a step's thread count (part of its draw, as it
-    orders float sums) is the same on every run and every resume."""
-    per = [max(1, cores // jobs)] * n_steps
-    tail = n_steps % jobs
-    for i in range(n_steps - tail, n_steps):
-        per[i] = max(1, cores // tail)
-    return per
+def parse_extra(text):
+    """--extra '--amp --batch_size 4' -> {'amp': True, 'batch_size': '4'} (a flag takes the words up to the next
+    flag)."""
+    words, key = {}, None
+    for word in text.split():
+        if word.startswith("--"):
+            key = word[2:]
+            words[key] = []
+        elif key is None:
+            raise SystemExit(f"--extra {text!r}: {word!r} comes before any flag; give flags such as '--amp'")
+        else:
+            words[key].append(word)
+    return {k: True if not v else v[0] if len(v) == 1 else v for k, v in words.items()}
 
 
-def progress_line(line):
-    return "it/s]" in line or "s/it]" in line
+def method_flags(preset, method, unlabeled):
+    """The preset's flags for a method; a combination 'a+b' gets each part's flags; 'a@u' also the unlabelled
+    images' flags."""
+    flags = {}
+    for part in method.removesuffix(UNLABELED).split("+"):
+        flags.update(preset.get(part, {}))
+    return {**flags, **(unlabeled if method.endswith(UNLABELED) else {})}
 
 
-def run_steps(steps, jobs, cores=None, skip=()):
-    """Run independent steps [(name, argv, log_path)] `jobs` at a time, each at its step_threads count over the
-    whole list (OMP_NUM_THREADS), but those named in `skip` (finished ones: a resume keeps every step's threads);
-    with jobs 1, one after another as run_step. A step starts when the threads it needs are free,
-    so no more threads than cores run at once. Each step's lines are kept in its log and shown as they come,
-    prefixed with its name. A failed step stops the others (each resumes from its last epoch on a re-run) and
-    names its log. Returns {name: wall seconds}."""
-    if jobs <= 1:
-        return {name: run_step(name, argv, log) for name, argv, log in steps if name not in skip}
-    import threading
+def is_seeded(args, preset):
+    """The seeded table (last epochs from the logs) rather than the one-seed table (test.py on best checkpoints)."""
+    return args.seeds is not None or args.split != "val" or "few_labels" in preset or args.table_only
 
-    cores = cores or cpu_cores()
-    pending = [(s, t) for s, t in zip(steps, step_threads(len(steps), jobs, cores)) if s[0] not in skip]
-    running, seconds, failed = {}, {}, []  # running: name -> (process, threads)
-    changed = threading.Condition()
 
-    def relay(name, proc, log_path, t0):
-        with open(log_path, "w") as log:
-            for line in proc.stdout:
-                log.write(line)
-                if not progress_line(line):
-                    with changed:
-                        print(f"[{name}] {line}", end="", flush=True)
-        proc.wait()
-        with changed:
-            seconds[name] = time.time() - t0
-            running.pop(name)
-            print(f"=== {name}: ended after {seconds[name]:.0f} s (exit {proc.returncode})", flush=True)
-            if proc.returncode != 0:
-                failed.append(f"step {name} failed (exit {proc.returncode}); its output is in {log_path}")
-            changed.notify_all()
+@dataclass(frozen=True)
+class Plan:
+    teacher: Run  # None when --modes leaves it out
+    students: list  # in the table's order: scratch, scratch_all, then the methods, each over the seeds
+    few: dict  # the few-label table's numbers (reports.seeded_rows), else None
 
-    def stop_all():
-        for proc, _ in running.values():
-            proc.terminate()
 
-    with changed:
-        try:
-            while (pending or running) and not failed:
-                free = cores - sum(t for _, t in running.values())
-                if pending and (not running or pending[0][1] <= free):
-                    (name, argv, log_path), t = pending.pop(0)
-                    print(f"\n=== {name} (started, {t} thread{'s' * (t > 1)}): python {' '.join(argv)}", flush=True)
-                    proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True,
-                                            env={**os.environ, "OMP_NUM_THREADS": str(t)})
-                    running[name] = (proc, t)
-                    threading.Thread(target=relay, args=(name, proc, log_path, time.time()), daemon=True).start()
-                    continue
-                changed.wait()
-            if failed:
-                stop_all()
-                while running:
-                    changed.wait()
-                raise SystemExit(failed[0])
-        except KeyboardInterrupt:
-            stop_all()
-            raise
-    return seconds
+def make_plan(args, preset, data, weights):
+    """Every run's flags, merged once; a later layer wins:
+    1. the script's identity (model_name, kd_method);  2. data and bookkeeping (dataset, root_dir, img_size, the
+    --split's splits, save_dir, device, num_workers, patience 0, resume auto, no_progress);  3. --extra;  4. the
+    run's seed;  5. the preset's teacher or student recipe (the students also its teacher_arch);  6. the few-label
+    students' epochs (the camvid table's steps);  7. --teacher_epochs / --student_epochs;  8. the few-label splits
+    (labelled quarter; scratch_all's every label and steps_per_epoch);  9. the method's flags, then its unlabelled
+    images;  10. run_name, and in the seeded table the teacher's last checkpoint as --teacher_weights (no epoch picked
+    on the reported split; the one-seed table's students take train_kd.py's default, the teacher's best)."""
+    seeds = [int(x) for x in (args.seeds or str(args.seed)).split(",")]
+    train_split, val_split = SPLITS[args.split]
+    extra = parse_extra(args.extra)
+    common = {**data, **train_split, **val_split, "save_dir": weights, "device": args.device,
+              "num_workers": args.num_workers, "patience": 0, "resume": "auto", "no_progress": True, **extra}
+    teacher = Run("teacher", "teacher", args.seed, "train.py", {
+        "model_name": "teacher", **common, "seed": args.seed, **preset["teacher"],
+        **({"epochs": args.teacher_epochs} if args.teacher_epochs else {}), "run_name": "teacher"})
+    recipe = {**preset["student"], "teacher_arch": preset["teacher"]["teacher_arch"]}
+    layers = {"common": common, "recipe": recipe, "epochs": {}, "splits": {}, "unlabeled": preset.get("unlabeled"),
+              "kd": {"teacher_weights": os.path.join(weights, "teacher_last.pth")} if is_seeded(args, preset) else {}}
+    few = None
+    if "few_labels" in preset:
+        few, layers["splits"], layers["unlabeled"] = few_labels(args, preset, data, {**extra, **recipe})
+        layers["epochs"] = {"epochs": few["epochs"]}
+        few["teacher_batch"] = int({**common, **preset["teacher"]}["batch_size"])
+    if args.student_epochs:
+        layers["epochs"] = {"epochs": args.student_epochs}
+    rows = ["scratch", *(["scratch_all"] if few else []), *(args.methods.split(",") if args.methods else
+                                                            preset["methods"])]
+    plan = Plan(teacher, [student_run(preset, m, seed, layers) for m in rows for seed in seeds], few)
+    return select_modes(args, plan)
+
+
+def student_run(preset, method, seed, layers):
+    """A student's run: train.py for scratch and scratch_all, else train_kd.py with the method's flags ('a+b' runs a
+    and b in one loss). layers: make_plan's, by name."""
+    name, scratch = f"{method}_s{seed}", method.startswith("scratch")
+    head = {"model_name": "light"} if scratch else {"kd_method": method.removesuffix(UNLABELED).replace("+", ","),
+                                                    "model_name": "light"}
+    splits = layers["splits"].get(method, layers["splits"].get("*", {}))
+    flags = {**head, **layers["common"], "seed": seed, **layers["recipe"], **layers["epochs"], **splits,
+             **method_flags(preset, method, layers["unlabeled"]), "run_name": name, **({} if scratch else layers["kd"])}
+    return Run(name, method, seed, "train.py" if scratch else "train_kd.py", flags)
+
+
+def select_modes(args, plan):
+    """--modes: keep the one-seed table's rows it names (the teacher among them or not)."""
+    if args.modes is None:
+        return plan
+    if is_seeded(args, PRESETS[args.preset]):
+        raise SystemExit("--modes chooses the rows of the one-seed table; the seeded table takes --methods")
+    wanted = {LEGACY_MODES.get(m, m) for m in args.modes.split(",")}
+    unknown = wanted - {"teacher", *(r.method for r in plan.students)}
+    if unknown:
+        raise SystemExit(f"--modes {args.modes}: no row {', '.join(sorted(unknown))} in this table (its rows: teacher, "
+                         f"{', '.join(r.method for r in plan.students)}; regular is scratch)")
+    return Plan(plan.teacher if "teacher" in wanted else None, [r for r in plan.students if r.method in wanted],
+                plan.few)
+
+
+def few_label_epochs(epochs, full_steps, steps):
+    """Epochs of `steps` steps that give at least the steps of `epochs` passes of `full_steps` (the camvid table's
+    scratch student: 30 epochs of 45 steps = 1350; 123 epochs of the labelled quarter's 11 = 1353)."""
+    return -(-epochs * full_steps // steps)
+
+
+def few_labels(args, preset, data, recipe):
+    """camvid_few: (the table's numbers, {method: its split flags}, the '@u' rows' flags). Every student trains on
+    the labelled quarter ('*') but scratch_all, on every label with as many steps per epoch as the labelled quarter
+    gives; the '@u' rows' pool is the --split's. The students' epochs: the camvid table's scratch budget in steps, in
+    whole epochs of the labelled split. recipe: the students' flags so far (--extra, then the preset's)."""
+    import dataset
+
+    labelled, pool = preset["few_labels"][args.split]
+    full = SPLITS[args.split][0].get("train_split", "train")
+    batch = int(recipe["batch_size"])
+    n, n_all = (len(dataset.build_dataset(preset["dataset"], data["root_dir"], "train", (8, 8), train=False,
+                                          cache=False, train_split=split).files) for split in (labelled, full))
+    steps = reports.batches_per_pass(n, batch)
+    epochs = few_label_epochs(int(recipe["epochs"]), reports.batches_per_pass(n_all, batch), steps)
+    return ({"epochs": epochs, "steps_per_epoch": steps, "batch": min(batch, n), "batch_all": min(batch, n_all),
+             "n_all": n_all, "unlabeled_batch": preset["unlabeled_batch"]},
+            {"*": {"train_split": labelled}, "scratch_all": {"train_split": full, "steps_per_epoch": steps}},
+            {"unlabeled": pool, "unlabeled_batch": preset["unlabeled_batch"]})
+
+
+# ---- the data ---------------------------------------------------------------------------------------------------
+def out_dir(args):
+    """--out_dir, else runs/PRESET (runs/PRESET_dev for the development split)."""
+    name = args.preset + ("_dev" if args.split == "dev" else "")
+    return os.path.abspath(args.out_dir or os.path.join("runs", name))
 
 
 def prepare_synthetic(root, recipe, seed, steps, own):
@@ -283,456 +254,137 @@ def prepare_synthetic(root, recipe, seed, steps, own):
     dataset.make_synthetic_voc(root, seed=seed, **recipe)
 
 
-# ---- what both tables share: output folder, flags of every step, the test step ---------------------------------
-SPLITS = {"val": ([], []), "dev": (["--train_split", "train_no_dev"], ["--val_split", "dev"])}  # (train, val) flags
+def data_flags(args, preset, steps):
+    """The data flags of every step, once the preset's synthetic set (if it has one) is in place."""
+    root = args.root_dir or preset["root_dir"]
+    if "synthetic" in preset:
+        prepare_synthetic(root, preset["synthetic"], args.seed, steps, own=args.root_dir is None)
+    return {"dataset": preset["dataset"], "root_dir": os.path.abspath(root),
+            "img_size": args.img_size or preset["img_size"]}
 
 
-UNLABELED = "@u"  # a method name's suffix: the run also takes the preset's --unlabeled images
+# ---- run ----------------------------------------------------------------------------------------------------------
+def done_or_todo(args, run, out, weights):
+    """(result, None) for a run that needs no training (or --table_only), else (None, its step)."""
+    log = os.path.join(weights, f"{run.name}_log.jsonl")
+    epochs = int(run.flags["epochs"])
+    if args.table_only:
+        return reports.finished(log, epochs, run.name), None
+    if run.method != "teacher" and not os.path.exists(os.path.join(weights, f"{run.name}_last.pth")) and \
+            len(reports.read_log(log)) >= epochs:
+        # its log holds every epoch (e.g. the logs committed beside a table, on a new machine): not trained again; the
+        # teacher is, when its checkpoint is missing, since the KD runs need it
+        print(f"{run.name}: finished in {log} (its checkpoints are not here); not trained again", flush=True)
+        return reports.final_miou(log), None
+    return None, (run.name, run.argv(), os.path.join(out, f"{run.name}.out"))
 
 
-def method_flags(preset, method):
-    """The preset's flags for a method; a combination 'a+b' gets each part's flags; 'a@u' also the preset's
-    unlabelled images."""
-    flags = []
-    for part in method.removesuffix(UNLABELED).split("+"):
-        flags += preset.get(part, [])
-    return flags + (preset["unlabeled"] if method.endswith(UNLABELED) else [])
+def run_group(args, runs, out, weights, steps):
+    """Train the runs that need it, --jobs at a time, those with unlabelled images (twice the images a step) first
+    so that a short one ends the group; record their wall times in steps.json. Returns {name: final_miou or None}."""
+    results, todo, done = {}, [], set()
+    for run in sorted(runs, key=lambda r: not r.method.endswith(UNLABELED)):
+        results[run.name], step = done_or_todo(args, run, out, weights)
+        todo.append(step or (run.name, [], ""))
+        done |= {run.name} if step is None else set()
+    for name, seconds in runner.run_steps(todo, args.jobs, skip=done).items():
+        if "already finished" not in open(os.path.join(out, f"{name}.out")).read():
+            steps[name] = round(seconds, 1)  # a skipped step keeps the time it took when it ran
+            utils.atomic_write_text(os.path.join(out, "steps.json"), json.dumps(steps, indent=1))
+        results[name] = reports.final_miou(os.path.join(weights, f"{name}_log.jsonl"))
+    return results
 
 
-def run_name(method):
-    """'feature+cwd@u' -> 'feature_cwd_unl': the files' prefix and the table's row key."""
-    return method.replace("+", "_").replace(UNLABELED, "_unl")
+def run_plan(args, plan, out, weights, steps):
+    """The teacher first, alone at every core; then the students. {run name: final_miou or None}."""
+    t_log = os.path.join(weights, "teacher_log.jsonl")
+    # The students' logs (e.g. committed beside a table, read on a new machine) were distilled from the teacher that
+    # teacher_log.jsonl describes; one retrained for its missing checkpoint must repeat it, or no run may join them.
+    earlier = None
+    if not args.table_only and os.path.exists(t_log) and not os.path.exists(os.path.join(weights, "teacher_last.pth")) \
+            and any(f.endswith("_log.jsonl") and f != "teacher_log.jsonl" for f in os.listdir(weights)):
+        earlier = open(t_log).read()
+    if not args.table_only:
+        reports.record_machine(out, args.jobs)
+    results = run_group(args, [plan.teacher], out, weights, steps) if plan.teacher else {}
+    if earlier is not None and plan.teacher:
+        reports.check_teacher_repeats(earlier, t_log, out)
+    if plan.teacher and results["teacher"] is None:
+        raise SystemExit(f"--table_only: the teacher has not finished in {weights}; run without --table_only first")
+    return {**results, **run_group(args, plan.students, out, weights, steps)}
 
 
-def is_seeded(args):
-    return args.seeds is not None or args.split != "val"
-
-
-def out_dir(args):
-    """--out_dir, else runs/PRESET (runs/PRESET_dev for the development split)."""
-    name = args.preset + ("_dev" if args.split == "dev" else "")
-    return os.path.abspath(args.out_dir or os.path.join("runs", name))
-
-
-def teacher_arch(preset):
-    return preset["teacher"][preset["teacher"].index("--teacher_arch") + 1]
-
-
-def epochs_flag(n):
-    """An --epochs override, appended last: argparse keeps the last --epochs."""
-    return ["--epochs", str(n)] if n else []
-
-
-def base_flags(args, data, weights, split="val", seed=None):
-    """The flags every training step shares. seed: given, it follows --num_workers (the four-row table's steps);
-    the seeded table appends each run's --seed after these flags instead."""
-    train_split, val_split = SPLITS[split]
-    return [*data, *train_split, *val_split, "--save_dir", weights, "--device", args.device,
-            "--num_workers", str(args.num_workers), *(["--seed", str(seed)] if seed is not None else []),
-            "--patience", "0", "--resume", "auto", "--no_progress", *args.extra.split()]
-
-
-def teacher_argv(args, preset, flags):
-    return ["train.py", "--model_name", "teacher", *flags, *preset["teacher"], *epochs_flag(args.teacher_epochs)]
-
-
-def student_flags(args, preset):
-    """The students' recipe: one budget for scratch and every KD method."""
-    return [*preset["student"], "--teacher_arch", teacher_arch(preset), *epochs_flag(args.student_epochs)]
-
-
-def student_argv(preset, method, flags, student):
-    """train.py for "scratch", else train_kd.py with the method's flags ('a+b' runs a and b in one loss)."""
-    if method == "scratch":
-        return ["train.py", "--model_name", "light", *flags, *student]
-    return ["train_kd.py", "--kd_method", method.removesuffix(UNLABELED).replace("+", ","), "--model_name", "light",
-            *flags, *student, *method_flags(preset, method)]
-
-
-def run_tests(args, preset, out, data, results_csv, sources, pictures):
-    """test.py once per mode into a new results_csv. sources: {mode: flags that name its weights}; pictures: the
-    --vis_dir/--num_vis flags."""
+def run_tests(args, out, data, results_csv, runs, flags):
+    """test.py once per run into a new results_csv. runs: {run name: (method, flags naming its weights)}; flags:
+    those of every test (split, pictures)."""
     if os.path.exists(results_csv):
         os.remove(results_csv)  # the table is rebuilt from the checkpoints each time
-    for mode, source in sources.items():
-        base = mode.split("_unl")[0] if mode.endswith("_unl") else mode  # test.py's mode; the row keeps the run name
-        source = source if base == mode else [*source, "--run_name", mode]
-        run_step(f"test {mode}", ["test.py", "--training_mode", base, *data, *source, "--teacher_arch",
-                                  teacher_arch(preset), "--device", args.device, "--num_workers",
-                                  str(args.num_workers), "--results_csv", results_csv, *pictures, "--no_progress"],
-                 os.path.join(out, f"test_{mode}.out"))
+    for name, (method, source) in runs.items():
+        # test.py's mode picks the teacher's loader and names the pictures; every student is the `light` network
+        mode = TEST_MODES.get(method.removesuffix(UNLABELED), "regular")
+        runner.run_step(f"test {name}", ["test.py", "--training_mode", mode, *to_argv(
+            {**data, **source, "run_name": name, "teacher_arch": PRESETS[args.preset]["teacher"]["teacher_arch"],
+             "device": args.device, "num_workers": args.num_workers, "results_csv": results_csv, **flags,
+             "no_progress": True})], os.path.join(out, f"test_{name}.out"))
+
+
+# ---- report -------------------------------------------------------------------------------------------------------
+def one_seed_report(args, plan, out, weights, data, steps, wall):
+    """The demo's table: test.py on each run's best checkpoint (and its pictures), then results.md and curves.png."""
+    runs = {r.name: r.method for r in [*([plan.teacher] if plan.teacher else []), *plan.students]}
+    run_tests(args, out, data, os.path.join(out, "results.csv"),
+              {name: (method, {"save_dir": weights}) for name, method in runs.items()},
+              {"vis_dir": os.path.join(out, "visualizations"), "num_vis": 4})
+    reports.write_table(out, os.path.join(out, "results.csv"), runs, weights, steps, args.preset, wall, args.jobs)
+    if PRESETS[args.preset].get("note"):
+        print("\n" + PRESETS[args.preset]["note"])
+
+
+def seeded_report(args, plan, results, out, weights, data):
+    """The seeded table from the runs' last epochs, with the teacher guard and test.py's timing of the teacher and
+    of the first scratch student."""
+    methods = reports.by_method(plan.students, results)
+    if "scratch" not in methods:
+        raise SystemExit(f"--table_only: no scratch student has finished in {weights}; the table needs one")
+    verdict = reports.teacher_guard(results["teacher"][0], [r[0] for _, r in methods["scratch"]], args.split)
+    print("\n" + verdict + "\n", flush=True)
+    # ms/image: the student's and the teacher's inference on the reported split (test.py, one run each)
+    first = f"scratch_s{methods['scratch'][0][0]}"  # the first seed's scratch student that finished
+    timed = {"teacher": ("teacher", os.path.join(weights, "teacher_last.pth")),
+             first: ("scratch", os.path.join(weights, f"{first}_last.pth"))}
+    missing = [path for _, path in timed.values() if not os.path.exists(path)]
+    if missing:
+        # the logs alone (e.g. those committed beside a table) give every mIoU; the timing needs the checkpoints
+        print(f"ms_per_image left empty: {' or '.join(missing)} missing (the timing runs test.py on the checkpoints; "
+              "the mIoUs come from the logs)", flush=True)
+        ms = {"teacher": "", "regular": ""}
+    else:
+        timing_csv = os.path.join(out, "timing.csv")
+        run_tests(args, out, data, timing_csv, {name: (method, {**SPLITS[args.split][1], "weights": path})
+                                                for name, (method, path) in timed.items()}, {"num_vis": 0})
+        ms = {r["training_mode"]: float(r["avg_inference_time_ms"]) for r in reports.read_csv(timing_csv)}
+    table = reports.seeded_rows(results["teacher"], methods, ms, plan.few)
+    reports.write_seeded(out, table, methods, verdict, (args.preset, args.split),
+                         len(args.seeds.split(",")) if args.seeds else 1, PRESETS[args.preset].get("chosen_on", {}),
+                         extra_columns=("unlabeled", "steps", "images_seen") if plan.few else ())
 
 
 def main(args):
-    args.jobs = resolve_jobs(args.jobs, args.device)  # once, before any work: a bad value stops here
+    args.jobs = runner.resolve_jobs(args.jobs, args.device)  # once, before any work: a bad value stops here
     preset = PRESETS[args.preset]
-    root = args.root_dir or preset["root_dir"]
     out = out_dir(args)
     weights = os.path.join(out, "weights")
     os.makedirs(weights, exist_ok=True)
     steps_path = os.path.join(out, "steps.json")
     steps = json.load(open(steps_path)) if os.path.exists(steps_path) else {}
-
-    if "synthetic" in preset:
-        prepare_synthetic(root, preset["synthetic"], args.seed, steps, own=args.root_dir is None)
-    root = os.path.abspath(root)
-    data = ["--dataset", preset["dataset"], "--root_dir", root, "--img_size", *(args.img_size or preset["img_size"])]
-    if is_seeded(args) or "few_labels" in preset:
-        return run_seeded(args, preset, data, out, weights)
-    common = base_flags(args, data, weights, seed=args.seed)
-    student = student_flags(args, preset)
-    plan = {"teacher": teacher_argv(args, preset, common), "regular": student_argv(preset, "scratch", common, student),
-            "response": student_argv(preset, "response", common, student),
-            "feature": student_argv(preset, "feature", common, student),
-            **{run_name(m): [*student_argv(preset, m, common, student), "--run_name", run_name(m)]
-               for m in preset.get("rows", ())}}
-    wanted = args.modes.split(",") + ([run_name(m) for m in preset.get("rows", ())] if args.modes == ",".join(MODES)
-                                      else [])
-    # the teacher first, at every core; then the students, --jobs at a time: the longest first (the rows with
-    # unlabelled images), the student from scratch last (alone at every core when the count is odd: step_threads)
-    students = [m for m in plan if m != "teacher"]
-    students = [m for m in students if m.endswith("_unl")] + [m for m in students if not m.endswith("_unl")
-                                                             and m != "regular"] + ["regular"]
+    data = data_flags(args, preset, steps)
+    plan = make_plan(args, preset, data, weights)
     t0 = time.time()
-    for group in (["teacher"], students):
-        todo = [(mode, plan[mode], os.path.join(out, f"{mode}.out")) for mode in group if mode in wanted]
-        for mode, seconds in run_steps(todo, args.jobs).items():
-            if "already finished" not in open(os.path.join(out, f"{mode}.out")).read():
-                steps[mode] = round(seconds, 1)  # a skipped step keeps the time it took when it ran
-                utils.atomic_write_text(steps_path, json.dumps(steps, indent=1))
-    wall = time.time() - t0
-
-    run_tests(args, preset, out, data, os.path.join(out, "results.csv"),
-              {mode: ["--save_dir", weights] for mode in plan if mode in wanted},
-              ["--vis_dir", os.path.join(out, "visualizations"), "--num_vis", "4"])
-    write_table(out, weights, steps, args, wall)
-
-
-def write_table(out, weights, steps, args, wall=None):
-    with open(os.path.join(out, "results.csv")) as f:
-        rows = list(csv.DictReader(f))
-    curves, lines = {}, []
-    lines.append("| model | mIoU (255 excluded) | mIoU (original, 255 clamped) | pixel acc. | ms/image | "
-                 "best epoch | train time |")
-    lines.append("|---|---|---|---|---|---|---|")
-    names = {"teacher": "teacher", "regular": "student from scratch", "response": "student, response KD",
-             "feature": "student, feature KD", "response_unl": "student, response KD + unlabelled images",
-             "feature_unl": "student, feature KD + unlabelled images"}
-    for r in rows:
-        mode = r.get("run") or r["training_mode"]
-        log = os.path.join(weights, f"{mode}_log.jsonl")
-        hist = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
-        best = max(hist, key=lambda h: h["val_miou"])["epoch"] if hist else "-"
-        if mode != "teacher" and hist:
-            curves[names[mode]] = ([h["epoch"] for h in hist], [h["val_miou"] for h in hist])
-        t = steps.get(mode)
-        lines.append(f"| {names[mode]} | {float(r['mIoU_with_ignore']):.4f} | {float(r['mIoU_without_ignore']):.4f} | "
-                     f"{float(r['pixel_accuracy']):.4f} | {float(r['avg_inference_time_ms']):.2f} | {best} | "
-                     f"{f'{t / 60:.1f} min' if t else '-'} |")
-    total = sum(steps.values())
-    table = "\n".join(lines) + f"\n\nPreset `{args.preset}`, training time {total / 60:.1f} min summed over the steps"
-    if wall is not None:
-        table += f"; {wall / 60:.1f} min of wall time in this run (--jobs {args.jobs})"
-    table += ".\n"
-    utils.atomic_write_text(os.path.join(out, "results.md"), table)
-    if curves:
-        utils.plot_miou_curves(curves, os.path.join(out, "curves.png"),
-                               title=f"students' validation mIoU ({args.preset})")
-    print("\n" + table)
-    print(f"written: {out}/results.md, results.csv, curves.png, visualizations/")
-    miou = {r.get("run") or r["training_mode"]: float(r["mIoU_with_ignore"]) for r in rows}
-    if "regular" in miou:
-        print("\nmIoU against the student from scratch: " + ", ".join(
-            f"{names[m]} {100 * (miou[m] - miou['regular']):+.1f} points" for m in miou if m != "regular"))
-    if PRESETS[args.preset].get("note"):
-        print("\n" + PRESETS[args.preset]["note"])
-
-
-# ---- the seeded table: every method, several seeds, mean and spread, fixed budget ------------------------
-def last_value(argv, flag):
-    """The value of the last `flag` in argv (argparse keeps the last one), as an int."""
-    return int(argv[len(argv) - argv[::-1].index(flag)])
-
-
-def batches_per_pass(n, batch):
-    """Optimizer steps in one pass over n images: engine.build_data drops the last partial batch when it can."""
-    return n // batch if n >= batch else 1
-
-
-def final_miou(log_path, hist=None):
-    """(last epoch's val mIoU, epochs, val mIoU per epoch, training seconds) from RUN_log.jsonl (or its lines)."""
-    hist = hist if hist is not None else [json.loads(x) for x in open(log_path)]
-    return hist[-1]["val_miou"], [h["epoch"] for h in hist], [h["val_miou"] for h in hist], \
-        sum(h["epoch_time_s"] for h in hist)
-
-
-def finished(log_path, epochs, run):
-    """final_miou of a run whose log holds all its epochs; None (and a line naming it) for one missing or unfinished."""
-    hist = [json.loads(x) for x in open(log_path)] if os.path.exists(log_path) else []
-    if len(hist) < epochs:
-        print(f"left out: {run} ({len(hist)} of {epochs} epochs in {log_path})", flush=True)
-        return None
-    return final_miou(log_path, hist)
-
-
-def summarize(rows_by_method, teacher_miou):
-    """rows_by_method: {method: [final mIoU per seed]} with 'scratch' among them -> table rows (dicts)."""
-    scratch = sum(rows_by_method["scratch"]) / len(rows_by_method["scratch"])
-    gap = teacher_miou - scratch
-    scratch_range = max(rows_by_method["scratch"]) - min(rows_by_method["scratch"])
-    table = [{"method": "teacher", "seeds": 1, "mean_miou": teacher_miou, "min_miou": teacher_miou,
-              "max_miou": teacher_miou, "gain": gap, "gap_closed": "", "gain_beyond_ranges": ""}]
-    for method, values in rows_by_method.items():
-        mean = sum(values) / len(values)
-        # the gain less the two seed ranges (this method's and scratch's): > 0 when the gain is larger than both
-        # spreads together, the bar a margin has to clear before it is read as the method's and not the seeds'
-        beyond = "" if method == "scratch" else mean - scratch - (max(values) - min(values)) - scratch_range
-        table.append({"method": method, "seeds": len(values), "mean_miou": mean, "min_miou": min(values),
-                      "max_miou": max(values), "gain": mean - scratch,
-                      "gap_closed": (mean - scratch) / gap if gap > 0 else "", "gain_beyond_ranges": beyond})
-    return table
-
-
-def history_difference(earlier, now):
-    """The first difference between two runs' per-epoch logs, wall times aside ('' when they are the same run)."""
-    if len(earlier) != len(now):
-        return f"{len(now)} epochs against {len(earlier)}"
-    for a, b in zip(earlier, now):
-        for key in sorted(set(a) | set(b)):
-            if key != "epoch_time_s" and a.get(key) != b.get(key):
-                return f"epoch {a.get('epoch')}: {key} {b.get(key)} against {a.get(key)}"
-    return ""
-
-
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS",
-              "SEGKD_DISABLE")
-
-
-def record_machine(out, jobs):
-    """Append to OUT/machine.json what decides a run's float sums besides its flags (torch, the CPU's AVX-512, the
-    kernel and thread settings, --jobs), when it differs from the last entry; say so when it does."""
-    import platform
-
-    import torch
-
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    now = {"torch": torch.__version__, "machine": platform.machine(), "cores": cpu_cores(), "jobs": jobs,
-           "avx512f": " avx512f" in flags, **{k: os.environ.get(k, "") for k in KERNEL_ENV}}
-    path = os.path.join(out, "machine.json")
-    history = json.load(open(path)) if os.path.exists(path) else []
-    last = {k: v for k, v in history[-1].items() if k != "date"} if history else None
-    if last == now:
-        return
-    if last is not None:
-        print(f"note: {path}: earlier runs here ran with {history[-1]}, this one with {now}; runs under other kernels "
-              "or threads are other draws", flush=True)
-    utils.atomic_write_text(path, json.dumps(history + [{**now, "date": time.strftime("%Y-%m-%d")}], indent=1))
-
-
-def check_teacher_repeats(earlier, t_log, out):
-    """Stop unless the teacher just retrained into t_log repeats the history `earlier` (that log's text before),
-    which is kept as teacher_log.earlier.jsonl when it does not."""
-    differs = history_difference([json.loads(x) for x in earlier.splitlines()], [json.loads(x) for x in open(t_log)])
-    if not differs:
-        print(f"teacher retrained: its log repeats the earlier one epoch for epoch ({t_log})", flush=True)
-        return
-    weights = os.path.dirname(t_log)
-    kept = os.path.join(weights, "teacher_log.earlier.jsonl")
-    utils.atomic_write_text(kept, earlier)
-    raise SystemExit(
-        f"the teacher retrained here (its checkpoint was missing) does not repeat the one in the logs of {weights}: "
-        f"{differs}. The students there learned from that other teacher, so no new run may join them: repeat the "
-        f"kernels, threads and torch of {os.path.join(out, 'machine.json')} (e.g. ATEN_CPU_CAPABILITY=avx2 "
-        f"DNNL_MAX_CPU_ISA=AVX2 on any x86 CPU), or use another --out_dir. The earlier log is kept as {kept}")
-
-
-def teacher_guard(teacher_miou, scratch_mious, split):
-    """The line that says whether the teacher leads the scratch student (mean over seeds) on the reported split."""
-    scratch = sum(scratch_mious) / len(scratch_mious)
-    return (f"guard: teacher {teacher_miou:.4f} vs scratch student {scratch:.4f} (mean of {len(scratch_mious)} seeds) "
-            f"on {split}: " + ("the teacher leads by {:.1f} points".format(100 * (teacher_miou - scratch))
-                               if teacher_miou > scratch else
-                               "THE TEACHER IS NOT BETTER THAN THE STUDENT FROM SCRATCH; distillation from it "
-                               "is not a result (train a stronger teacher first)"))
-
-
-def few_label_epochs(epochs, full_steps, steps):
-    """Epochs of `steps` steps that give at least the steps of `epochs` passes of `full_steps` (the camvid table's
-    scratch student: 30 epochs of 45 steps = 1350; 123 epochs of the labelled quarter's 11 = 1353)."""
-    return -(-epochs * full_steps // steps)
-
-
-def few_labels(args, preset, data, student):
-    """camvid_few: the students' labelled split, the preset with its unlabelled pool, and scratch_all's flags (every
-    label, as many steps per epoch as the labelled quarter gives)."""
-    import dataset
-
-    labelled, pool = preset["few_labels"][args.split]
-    full = SPLITS[args.split][0][1:] or ["train"]
-    root = data[data.index("--root_dir") + 1]
-    argv = [*args.extra.split(), *student]  # the order of a student's argv: the last --batch_size wins
-    batch = last_value(argv, "--batch_size")
-    n, n_all = (len(dataset.build_dataset(preset["dataset"], root, "train", (8, 8), train=False, cache=False,
-                                          train_split=split).files) for split in (labelled, *full))
-    steps = batches_per_pass(n, batch)
-    if not args.student_epochs:  # the camvid table's scratch budget in steps, in whole epochs of the labelled split
-        epochs = last_value(argv, "--epochs")
-        student = [*student, "--epochs", str(few_label_epochs(epochs, batches_per_pass(n_all, batch), steps))]
-    preset = {**preset, "unlabeled": ["--unlabeled", pool, "--unlabeled_batch", preset["unlabeled_batch"]]}
-    scratch_all = ["--train_split", *full, "--steps_per_epoch", str(steps)]
-    return ([*student, "--train_split", labelled], preset, scratch_all,
-            {"steps_per_epoch": steps, "batch": min(batch, n), "batch_all": min(batch, n_all), "n_all": n_all})
-
-
-def budget(method, epochs, shape):
-    """(unlabeled 0/1, optimizer steps, images seen) of a student row of the few-label table."""
-    steps = epochs * shape["steps_per_epoch"]
-    extra = int(shape["unlabeled_batch"]) if method.endswith(UNLABELED) else 0
-    labelled = shape["batch_all"] if method == "scratch_all" else shape["batch"]
-    return int(method.endswith(UNLABELED)), steps, steps * (labelled + extra)
-
-
-def run_seeded(args, preset, data, out, weights):
-    seeds = [int(x) for x in (args.seeds or str(args.seed)).split(",")]
-    methods = (args.methods or ",".join(preset.get("methods", ("response", "feature")))).split(",")
-    base = base_flags(args, data, weights, args.split)
-    student = student_flags(args, preset)
-    teacher_last = os.path.join(weights, "teacher_last.pth")
-    few = None
-    if "few_labels" in preset:
-        student, preset, scratch_all, few = few_labels(args, preset, data, student)
-        few["unlabeled_batch"] = preset["unlabeled_batch"]
-
-    def done_or_todo(run, argv):
-        """(result, None) for a run that needs no training (or --table_only), else (None, the step to run)."""
-        log = os.path.join(weights, f"{run}_log.jsonl")
-        if args.table_only:
-            return finished(log, last_value(argv, "--epochs"), run), None
-        if run != "teacher" and not os.path.exists(os.path.join(weights, f"{run}_last.pth")) and os.path.exists(log) \
-                and len(open(log).readlines()) >= last_value(argv, "--epochs"):
-            # its log holds every epoch (e.g. the logs committed beside a table, on a new machine): not trained again;
-            # the teacher is, when its checkpoint is missing, since the KD runs need it
-            print(f"{run}: finished in {log} (its checkpoints are not here); not trained again", flush=True)
-            return final_miou(log), None
-        return None, (run, [*argv, "--run_name", run], os.path.join(out, f"{run}.out"))
-
-    def run_all(plan):
-        """{run: final_miou or None} for [(run, argv)]: the runs that need training, --jobs at a time."""
-        results, steps, done = {}, [], set()
-        for run, argv in plan:
-            results[run], step = done_or_todo(run, argv)
-            steps.append(step or (run, [], ""))
-            done |= {run} if step is None else set()
-        run_steps(steps, args.jobs, skip=done)
-        for run, _ in plan:
-            if results[run] is None and not args.table_only:  # trained just now
-                results[run] = final_miou(os.path.join(weights, f"{run}_log.jsonl"))
-        return results
-
-    t_argv = teacher_argv(args, preset, [*base, "--seed", str(args.seed)])
-    t_log = os.path.join(weights, "teacher_log.jsonl")
-    # The students' logs (e.g. committed beside a table, read on a new machine) were distilled from the teacher that
-    # teacher_log.jsonl describes; one retrained for its missing checkpoint must repeat it, or no run may join them.
-    earlier = None
-    if not args.table_only and os.path.exists(t_log) and not os.path.exists(teacher_last) and any(
-            f.endswith("_log.jsonl") and f != "teacher_log.jsonl" for f in os.listdir(weights)):
-        earlier = open(t_log).read()
-    if not args.table_only:
-        record_machine(out, args.jobs)
-    teacher = run_all([("teacher", t_argv)])["teacher"]
-    if earlier is not None:
-        check_teacher_repeats(earlier, t_log, out)
-    if teacher is None:
-        raise SystemExit(f"--table_only: the teacher has not finished in {weights}; run without --table_only first")
-    t_miou, t_epochs, _, t_sec = teacher
-    finals, curves, seconds = {}, {}, {"teacher": [t_sec]}
-    first_scratch = []  # the seed whose scratch student test.py times
-
-    def record(method, seed, result):
-        if result is None:
-            return
-        if method == "scratch":
-            first_scratch.append(seed)
-        miou, ep, mious, sec = result
-        finals.setdefault(method, []).append(miou)
-        curves.setdefault(method, []).append((ep, mious))
-        seconds.setdefault(method, []).append(sec)
-        print(f"{method} seed {seed}: last-epoch val mIoU {miou:.4f}", flush=True)
-
-    # every student in one plan (scratch first, the methods after), run --jobs at a time, recorded in plan order
-    plan = [("scratch", seed, student_argv(preset, "scratch", [*base, "--seed", str(seed)], student))
-            for seed in seeds]
-    if few:
-        plan += [("scratch_all", seed, student_argv(preset, "scratch", [*base, "--seed", str(seed)],
-                                                   [*student, *scratch_all])) for seed in seeds]
-    plan += [(method, seed, [*student_argv(preset, method, [*base, "--seed", str(seed)], student),
-                             "--teacher_weights", teacher_last]) for method in methods for seed in seeds]
-    results = run_all([(f"{method}_s{seed}", argv) for method, seed, argv in plan])
-    for method, seed, _ in plan:
-        record(method, seed, results[f"{method}_s{seed}"])
-    if "scratch" not in finals:
-        raise SystemExit(f"--table_only: no scratch student has finished in {weights}; the table needs one")
-    verdict = teacher_guard(t_miou, finals["scratch"], args.split)
-    print("\n" + verdict + "\n", flush=True)
-
-    # ms/image: the student's and the teacher's inference on the reported split (test.py, one run each)
-    timed = {"teacher": teacher_last, "regular": os.path.join(weights, f"scratch_s{first_scratch[0]}_last.pth")}
-    if not all(map(os.path.exists, timed.values())):
-        # the logs alone (e.g. those committed beside a table) give every mIoU; the timing needs the checkpoints
-        print(f"ms_per_image left empty: {' or '.join(p for p in timed.values() if not os.path.exists(p))} "
-              "missing (the timing runs test.py on the checkpoints; the mIoUs come from the logs)", flush=True)
-        ms = {"teacher": "", "regular": ""}
+    results = run_plan(args, plan, out, weights, steps)
+    if is_seeded(args, preset):
+        seeded_report(args, plan, results, out, weights, data)
     else:
-        timing_csv = os.path.join(out, "timing.csv")
-        run_tests(args, preset, out, data, timing_csv,
-                  {mode: [*SPLITS[args.split][1], "--weights", path] for mode, path in timed.items()}, ["--num_vis", "0"])
-        with open(timing_csv) as f:
-            ms = {r["training_mode"]: float(r["avg_inference_time_ms"]) for r in csv.DictReader(f)}
-    table = summarize(finals, t_miou)
-    for row in table:
-        row["train_min"] = round(sum(seconds[row["method"]]) / len(seconds[row["method"]]) / 60, 2)
-        row["ms_per_image"] = ms["teacher" if row["method"] == "teacher" else "regular"]
-        if few and row["method"] == "teacher":  # its own epochs of full passes over every labelled frame
-            t_batch = last_value(t_argv, "--batch_size")
-            t_steps = len(t_epochs) * batches_per_pass(few["n_all"], t_batch)
-            row["unlabeled"], row["steps"], row["images_seen"] = 0, t_steps, t_steps * min(t_batch, few["n_all"])
-        elif few:
-            row["unlabeled"], row["steps"], row["images_seen"] = budget(
-                row["method"], len(curves[row["method"]][0][0]), few)
-    write_seeded(out, table, curves, verdict, args, len(seeds), preset.get("chosen_on", {}),
-                 extra_columns=("unlabeled", "steps", "images_seen") if few else ())
-
-
-def write_seeded(out, table, curves, verdict, args, n_seeds, chosen_on=None, extra_columns=()):
-    columns = ["method", "seeds", "mean_miou", "min_miou", "max_miou", "gain", "gap_closed", "gain_beyond_ranges",
-               "train_min", "ms_per_image", *extra_columns]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731 - mIoU as fractions
-    lines = [",".join(columns)] + [",".join(fmt(r[c]) for c in columns) for r in table]
-    utils.atomic_write_text(os.path.join(out, "results_seeds.csv"), "\n".join(lines) + "\n")
-    md = ["| method | seeds | mean mIoU | min-max | gain over scratch | gap closed | gain beyond ranges | "
-          "train time / student | ms/image |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in table:
-        gap = f"{100 * r['gap_closed']:.0f}%" if isinstance(r["gap_closed"], float) else "-"
-        beyond = f"{100 * r['gain_beyond_ranges']:+.1f}" if isinstance(r["gain_beyond_ranges"], float) else "-"
-        ms = f"{r['ms_per_image']:.2f}" if isinstance(r["ms_per_image"], float) else "-"
-        md.append(f"| {r['method']} | {r['seeds']} | {r['mean_miou']:.4f} | {r['min_miou']:.4f}-{r['max_miou']:.4f} "
-                  f"| {100 * r['gain']:+.1f} | {gap} | {beyond} | {r['train_min']:.1f} min | {ms} |")
-    text = ("\n".join(md) + f"\n\nSplit `{args.split}`; every number is a run's last epoch (fixed budget); "
-            f"min-max over {n_seeds} seed(s); gap closed = (KD - scratch) / (teacher - scratch); gain beyond ranges "
-            f"= gain - (KD max - min) - (scratch max - min), in points: > 0 when the gain outgrows both seed "
-            f"spreads.\n{verdict}\n")
-    if chosen_on:
-        text += "\nWhich split chose each setting:\n" + "".join(f"- {k}: {v}\n" for k, v in chosen_on.items())
-    utils.atomic_write_text(os.path.join(out, "results_seeds.md"), text)
-    bands = {}
-    for method, runs in curves.items():
-        n = min(len(e) for e, _ in runs)
-        per_epoch = list(zip(*[m[:n] for _, m in runs]))
-        bands[method] = (runs[0][0][:n], [sum(v) / len(v) for v in per_epoch], [min(v) for v in per_epoch],
-                         [max(v) for v in per_epoch])
-    utils.plot_miou_curves(bands, os.path.join(out, "curves_seeds.png"),
-                           title=f"{args.preset} ({args.split}): mean over seeds, band min-max", twin_suffix=UNLABELED)
-    print("\n" + text + f"written: {out}/results_seeds.csv, results_seeds.md, curves_seeds.png")
+        one_seed_report(args, plan, out, weights, data, steps, time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -372,7 +372,7 @@ def plot_curves(history, path, title=""):
 
 def plot_miou_curves(curves, path, title="validation mIoU", twin_suffix=None):
     """curves: {label: (epochs, mious)} on one axis, or {label: (epochs, mean, low, high)}: the mean as a line
-    and the low-high band (e.g. the min and max over seeds) shaded. With twin_suffix (experiments.UNLABELED), a label
+    and the low-high band (e.g. the min and max over seeds) shaded. With twin_suffix (configs.UNLABELED), a label
     and its twin label + twin_suffix share a colour: the twin solid, the label dashed. The legend sits beside the
     axis, off the curves."""
     plt = _plt()

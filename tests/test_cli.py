@@ -223,13 +223,18 @@ def test_experiments_recipe_runs_and_skips_finished_steps(torch_home, tmp_path):
     first = run_cli(args, tmp_path, torch_home, timeout=600)
     teacher_log = (tmp_path / "out" / "teacher.out").read_text()
     assert "16 images from split 'train_large'" in teacher_log  # the teacher's set: the students' 8 + 8 more
-    assert "8 images from split 'train'" in (tmp_path / "out" / "regular.out").read_text()
+    assert "8 images from split 'train'" in (tmp_path / "out" / "scratch_s0.out").read_text()
     table = (tmp_path / "out" / "results.md").read_text()
     for name in ("teacher", "student from scratch", "student, response KD", "student, feature KD",
                  "student, response KD + unlabelled images", "student, feature KD + unlabelled images"):
         assert f"| {name} |" in table
-    assert "unlabeled: 16 images from split:train_large" in (tmp_path / "out" / "response_unl.out").read_text()
+    assert "unlabeled: 16 images from split:train_large" in (tmp_path / "out" / "response@u_s0.out").read_text()
     assert (tmp_path / "out" / "curves.png").is_file()
+    # every student at one thread count, the odd one out (five students, two at a time) included
+    threads = {line.split(" (started, ")[0]: line.split(" (started, ")[1].split(" thread")[0]
+               for line in first.stdout.splitlines() if line.startswith("=== ") and " (started, " in line}
+    if threads:  # --jobs auto runs them in turn (no thread count set) on a single core
+        assert len(threads) == 6 and len({t for run, t in threads.items() if run != "=== teacher"}) == 1
     assert first.stdout.count("already finished") == 0
     again = run_cli([*args, "--modes", "teacher,regular"], tmp_path, torch_home, timeout=600)
     assert again.stdout.count("already finished") == 2  # each asked-for step is skipped, not retrained
