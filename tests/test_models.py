@@ -87,7 +87,6 @@ def test_teacher_loads_torchvision_weights_from_hub_cache(torch_home, monkeypatc
     from torchvision.models.segmentation import fcn_resnet50
 
     monkeypatch.setenv("TORCH_HOME", torch_home)
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     teacher, source = load_teacher("fcn_resnet50", 21, save_dir=str(tmp_path))
     assert source == hub_weights_path("fcn_resnet50")
     ref = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).eval()
@@ -98,7 +97,6 @@ def test_teacher_loads_torchvision_weights_from_hub_cache(torch_home, monkeypatc
 
 
 def test_teacher_weight_order_and_offline_error(torch_home, monkeypatch, tmp_path):
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     # 1. --teacher_weights wins over everything.
     own = TappedSegNet("fcn_resnet50", 21)
     path = tmp_path / "mine.pth"
@@ -122,7 +120,6 @@ def test_teacher_weight_order_and_offline_error(torch_home, monkeypatch, tmp_pat
 
 
 def test_teacher_weights_of_wrong_arch_fail_clearly(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     path = tmp_path / "w.pth"
     torch.save(TappedSegNet("fcn_resnet50", 5).state_dict(), path)
     with pytest.raises(TeacherError, match="do not fit"):

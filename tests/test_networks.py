@@ -156,7 +156,6 @@ def test_torchvision_teacher_loads_its_voc_file_by_name(tmp_path, monkeypatch):
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     path = hub_weights_path("lraspp_mobilenet_v3_large")
     os.makedirs(os.path.dirname(path))
     torch.manual_seed(1)
@@ -172,7 +171,6 @@ def test_torchvision_teacher_loads_its_voc_file_by_name(tmp_path, monkeypatch):
 
 def test_pretrained_backbone_offline_is_one_message(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     for name in ("light", "lraspp_mobilenet_v3_large"):
         with pytest.raises(model.ModelError, match=rf"--pretrained_backbone: the ImageNet weights for {name} could "
                                                    "not be fetched .*Run once with internet"):
