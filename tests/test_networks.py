@@ -80,12 +80,14 @@ def test_user_module_is_wrapped_with_its_taps_and_probed(in_user_dir):
     assert isinstance(net, model.HookedSegNet) and model.feature_channels(net) == (8, 16, 32)
     x = torch.randn(2, 3, 32, 40)
     with torch.no_grad():
-        logits, feats, logits8 = net(x, return_features=model.LOGITS8)
+        got = net(x, needs={"logits", "logits8", "features"})
+        logits, feats, logits8 = got["logits"], got["features"], got["logits8"]
         assert torch.equal(logits, net(x)) and logits8.shape == (2, 5, 4, 5)
         assert torch.equal(logits8, net.net.head(net.net.deep(feats[1])))  # the classifier's own output
     plain = model.build_model("mynet:build_untapped", 5).eval()
     with torch.no_grad():
-        logits, feats, logits8 = plain(x, return_features=model.LOGITS8)
+        got = plain(x, needs={"logits", "logits8", "features"})
+        logits, feats, logits8 = got["logits"], got["features"], got["logits8"]
     # no logits tap: CWD and DIST compare the logits area-averaged to 1/8 of the input
     assert feats == [] and torch.equal(logits8, F.adaptive_avg_pool2d(logits, (4, 5)))
     with pytest.raises(model.ModelError, match="nosuch:build: cannot import build from nosuch"):
@@ -164,7 +166,8 @@ def test_torchvision_teacher_loads_its_voc_file_by_name(tmp_path, monkeypatch):
     teacher, source = load_teacher("lraspp_mobilenet_v3_large", 21, save_dir=str(tmp_path / "none"))
     assert source == path and teacher.feature_channels() == (24, 40, 960)
     x = torch.randn(1, 3, 64, 64)
-    logits, logits8, feats = teacher(x, need=("logits", "logits8", "features"))
+    got = teacher(x, needs=("logits", "logits8", "features"))
+    logits, logits8, feats = got["logits"], got["logits8"], got["features"]
     torch.testing.assert_close(logits, reference(x)["out"])
     assert logits8.shape == (1, 21, 8, 8) and [f.shape[1] for f in feats] == [24, 40, 960]
 

@@ -137,14 +137,14 @@ def test_weights_at_zero_bring_no_gradient_from_unlabelled_images(setup, tmp_pat
     import losses
 
     class Teacher(torch.nn.Module):
-        def forward(self, x, need=("logits",)):
-            return (torch.randn(x.shape[0], 5, 4, 4),)
+        def forward(self, x, needs=None):
+            return {"logits": torch.randn(x.shape[0], 5, 4, 4)}
 
     loss = losses.DistillationLoss(Teacher(), {"response": losses.ResponseKD(0.0)}, w_ce=1.0)
     logits = torch.randn(4, 5, 4, 4, requires_grad=True)
     targets = torch.randint(0, 5, (4, 4, 4))
     targets[2:] = 255  # the two unlabelled images
-    loss(None, logits, targets)["loss"].backward()
+    loss(None, {"logits": logits}, targets)["loss"].backward()
     assert (logits.grad[2:] == 0).all() and (logits.grad[:2] != 0).any()
 
 
