@@ -45,7 +45,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from utils import UserError
 
 # torchvision's segmentation networks: name -> (ImageNet backbone weights, feature taps, logits tap). The ResNets run
-# as TappedSegNet (their layer1..layer4, and a forward that stops after layer3 when only features are asked); the
+# as TappedSegNet (their layer1..layer3, and a forward that stops after layer3 when only features are asked); the
 # MobileNetV3 ones through HookedSegNet's hooks: the trunk's stride-4, stride-8 and last blocks, and the classifier.
 TORCHVISION = {
     "fcn_resnet50": (ResNet50_Weights.IMAGENET1K_V1, None, None),
