@@ -48,6 +48,19 @@ def test_registry_shapes_and_feature_taps(name):
     assert total == trainable > 0
 
 
+@pytest.mark.parametrize("name", ["light", "fcn_resnet50", "lraspp_mobilenet_v3_large"])
+def test_forward_answers_exactly_the_names_asked(name):
+    """forward(x) is the logits; forward(x, needs=S) a dict of the names in S, no more (model.py's docstring)."""
+    model = build_model(name, 5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert isinstance(model(x), torch.Tensor)
+        for needs in ({"logits"}, {"features"}, {"logits8"}, {"logits8", "features"}, set()):
+            assert set(model(x, needs=needs)) == needs
+        with pytest.raises(ValueError, match="attention"):
+            model(x, needs={"attention"})
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_registry_refuses_a_misspelt_keyword(name):
     """A keyword a builder does not take fails, named, instead of vanishing."""

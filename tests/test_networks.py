@@ -96,6 +96,16 @@ def test_user_module_is_wrapped_with_its_taps_and_probed(in_user_dir):
         model.build_model("lite", 5)
 
 
+def test_a_forward_on_the_old_return_features_convention_is_refused_by_name():
+    """Its tuples would be read as logits: the build stops, saying what changed (docs/networks.md)."""
+    class Old(torch.nn.Module):
+        def forward(self, x, return_features=False):
+            return x
+
+    with pytest.raises(model.ModelError, match="old:build: its forward takes return_features, the convention"):
+        model.speaks_convention(Old(), "old:build")
+
+
 def test_user_module_trains_with_response_and_feature_kd(synthetic_root, in_user_dir, tmp_path):
     """--model_name mynet:build: response KD and feature KD train; without taps, response KD trains and the feature
     methods stop before training with a message saying how to declare taps."""
