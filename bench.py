@@ -42,7 +42,7 @@ import original
 import train
 import train_kd
 import utils
-from model import TappedSegNet, build_model, forward_flag, load_original_state_dict
+from model import TappedSegNet, build_model, load_original_state_dict
 from teacher import FrozenTeacher
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -138,7 +138,7 @@ def build_optimised(workload, device, weights, amp=False, compile=False):
                               channels_last=True, progress=False)
 
     def loss_fn(x, y):
-        return criterion(cl(x), student(cl(x), return_features=forward_flag(criterion.needs)), y)["loss"]
+        return criterion(cl(x), student(cl(x), needs=criterion.needs), y)["loss"]
     return SimpleNamespace(run=run, loss=loss_fn, student=student)
 
 

@@ -31,7 +31,6 @@ import fast
 import utils
 from dataset import (DatasetError, add_data_args, build_dataset, colorize, dataset_info, denormalize, info_to_dict,
                      parse_size)
-from model import forward_flag
 
 
 class NonFiniteLoss(utils.UserError):
@@ -138,7 +137,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, *, autoc
     for step, (images, targets) in enumerate(bar):
         images, targets = to_device(images, targets, device, channels_last)
         with autocast:
-            outputs = model(images, return_features=forward_flag(criterion.needs))
+            outputs = model(images, needs=criterion.needs)  # {name: output}: model.py's forward convention
             losses = criterion(images, outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()

@@ -1,9 +1,10 @@
 """Every loss of this repo: cross-entropy, and the distillation methods in one registry.
 
 The contract between a loss and engine.py (DeiT's DistillationLoss: distillation is a loss, not a loop):
-  needs                 what the loss reads from the network besides its logits, a frozenset of OUTPUTS names:
-                        "features" (its feature maps) and "logits8" (its stride-8 logits before upsampling); the
-                        engine asks the network for exactly that (model.forward_flag)
+  needs                 what the loss reads from the network, a frozenset of model.OUTPUTS names: "logits",
+                        "features" (its feature maps), "logits8" (its stride-8 logits before upsampling); the engine
+                        calls model(images, needs=loss.needs) and hands over the answer, {name: output} (model.py's
+                        forward convention)
   forward(images, outputs, targets) -> {"loss": total, <part>: detached value, ...}; the engine logs every part
   trainable()           an nn.Module of what the loss trains beside the network (alignment convs ...) or None: the
                         engine adds its parameters to the optimizer and saves them in RUN_last.pth (never in
@@ -15,12 +16,15 @@ A distillation method is one class here, registered with @register. It declares
   name       its --kd_method name;                 part   its log key (train_<part> in RUN_log.jsonl)
   needs      the outputs it compares, a frozenset of OUTPUTS (its term gets that output of each network; a method
              that needs several gets dicts keyed by name)
-  flags      its command-line flags, each a Flag(name, default, help, source of the default, ...); two methods may
-             share a Flag object (response and feature share --alpha and --kd_reduction)
+  flags      its parameters, each declared once as a Flag(name, default, help, source of the default, param=...):
+             --NAME on the command line, and the keyword `param` of its constructor, whose default is the Flag's
+             (Method.__init__ sets self.<param> from the Flag list); two methods may share a Flag object (response
+             and feature share --alpha and --kd_reduction)
   weighs_ce  True for the original's two: the method is weighted alpha and the cross-entropy 1 - alpha
-and implements from_args(args, student, teacher) -> an instance, term(student_side, teacher_side) -> a float32
-scalar, and, when it trains something beside the student, trainable() / wrap_trainable(). train_kd.py builds its
-flags, their checks, its help and its list of methods from METHODS, so adding a method touches no other file.
+and implements term(student_side, teacher_side) -> a float32 scalar and, when it reads the networks' widths or trains
+something beside the student, an __init__ that takes them first, a from_args(args, student, teacher) that passes them,
+and trainable() / wrap_trainable(). train_kd.py builds its flags, their checks, its help and its list of methods from
+METHODS, so adding a method touches no other file.
 
 DistillationLoss asks the frozen teacher once per step for what its methods need and returns
 w_ce * CE + sum of weight * term, every term logged; w_ce = 1 - alpha when a method that weighs_ce is listed, else 1.
@@ -34,10 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import feature_channels, probe_cache
+from model import OUTPUTS, feature_channels, probe_cache
 from utils import UserError
 
-OUTPUTS = ("logits", "logits8", "features")  # what a network (student or teacher) can be asked for
 REDUCTIONS = ("original", "pixel")
 LAST_PAIR = 2  # the feature methods' pair: feature KD's third, student stride-32 trunk vs teacher layer3 / light trunk
 
@@ -49,8 +52,9 @@ class LossError(UserError):
 # --------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class Flag:
-    """One command-line flag of a method: --NAME with this default and help; `source` says where the default comes
-    from; check(value) -> bool with `why` the message when it is False; choices as argparse's."""
+    """One parameter of a method, declared once: --NAME with this default and help, and the keyword `param` of the
+    method's constructor (self.<param> once built); `source` says where the default comes from; check(value) -> bool
+    with `why` the message when it is False; choices as argparse's."""
     name: str
     default: Any
     help: str
@@ -59,6 +63,7 @@ class Flag:
     check: Optional[Callable[[Any], bool]] = None
     why: str = ""
     choices: Optional[tuple] = None
+    param: str = "weight"
 
 
 METHODS = {}  # --kd_method name -> Method subclass, in registration order
@@ -94,19 +99,33 @@ class Loss(nn.Module):
 
 
 class Method(Loss):
-    """One distillation method (see the module docstring): weight * term(student_side, teacher_side)."""
+    """One distillation method (see the module docstring): weight * term(student_side, teacher_side).
+
+    Its parameters are its flags: Method(*values, **params) sets self.<param> of each Flag, from the values in the
+    order of `flags`, or by param name, else the Flag's default."""
 
     name, part, summary = "", "", ""
     flags = ()
     weighs_ce = False
 
-    def __init__(self, weight):
+    def __init__(self, *values, **params):
         super().__init__()
-        self.weight = weight
+        names = [f.param for f in self.flags]
+        if len(values) > len(names) or set(params) - set(names) or set(params) & set(names[:len(values)]):
+            raise TypeError(f"{type(self).__name__}: takes {', '.join(names)} (by position or name, each once); got "
+                            f"{len(values)} value(s) and {', '.join(params) or 'no names'}")
+        given = {**dict(zip(names, values)), **params}
+        for f in self.flags:
+            setattr(self, f.param, given.get(f.param, f.default))
 
     @classmethod
-    def from_args(cls, args, student, teacher):
-        raise NotImplementedError
+    def flag_values(cls, args):
+        """{param: the value of its flag in args}: the constructor's keywords from the command line."""
+        return {f.param: getattr(args, f.name) for f in cls.flags}
+
+    @classmethod
+    def from_args(cls, args, student, teacher):  # noqa: ARG003 - a method that reads the networks' widths overrides
+        return cls(**cls.flag_values(args))
 
     def term(self, student_side, teacher_side):
         raise NotImplementedError
@@ -122,12 +141,12 @@ def positive(v):
 
 ALPHA = Flag("alpha", 0.5, "response/feature: weight of their terms, in [0, 1]; CE is weighted 1 - alpha when either "
              "is listed (else 1)", "the original train_kd.py", check=lambda v: 0.0 <= v <= 1.0,
-             why="must be in [0, 1] (the weight of the distillation term)")
+             why="must be in [0, 1] (the weight of the distillation term)", param="weight")
 KD_REDUCTION = Flag("kd_reduction", "original",
                     "original: the original's scale (response: KL summed over classes and pixels, divided by the "
                     "batch size, times T^2; feature: the three pair terms added); pixel: response KL averaged over "
                     "pixels, feature pair terms averaged (CIRKD/MMRazor; no image-size dependence)",
-                    "the original", type=str, choices=REDUCTIONS)
+                    "the original", type=str, choices=REDUCTIONS, param="reduction")
 
 
 def _check_reduction(reduction):
@@ -155,9 +174,10 @@ class SegmentationLoss(Loss):
         super().__init__()
         self.ignore_index = ignore_index
 
+    needs = frozenset({"logits"})
+
     def forward(self, images, outputs, targets):
-        logits = outputs[0] if isinstance(outputs, tuple) else outputs
-        return {"loss": F.cross_entropy(logits.float(), targets, ignore_index=self.ignore_index)}
+        return {"loss": F.cross_entropy(outputs["logits"].float(), targets, ignore_index=self.ignore_index)}
 
 
 @register
@@ -173,23 +193,17 @@ class ResponseKD(Method):
     name, part, needs, weighs_ce = "response", "kd", frozenset({"logits"}), True
     summary = "KL on the logits (the original's)"
     flags = (ALPHA, Flag("temperature", 2.0, "softmax temperature of response KD", "the original",
-                         check=positive, why="must be > 0"), KD_REDUCTION)
+                         check=positive, why="must be > 0", param="temperature"), KD_REDUCTION)
 
-    def __init__(self, weight=0.5, temperature=2.0, reduction="original"):
-        super().__init__(weight)
-        _check_reduction(reduction)
-        self.T, self.reduction = temperature, reduction
-
-    @classmethod
-    def from_args(cls, args, student, teacher):
-        return cls(args.alpha, args.temperature, args.kd_reduction)
+    def __init__(self, *values, **params):
+        super().__init__(*values, **params)
+        _check_reduction(self.reduction)
 
     def term(self, student_logits, teacher_logits):
-        s, t = student_logits.float(), teacher_logits.float()
-        kl = F.kl_div(F.log_softmax(s / self.T, dim=1), F.log_softmax(t / self.T, dim=1), reduction="sum",
-                      log_target=True)
+        s, t, T = student_logits.float(), teacher_logits.float(), self.temperature
+        kl = F.kl_div(F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1), reduction="sum", log_target=True)
         per = s.shape[0] if self.reduction == "original" else s.numel() // s.shape[1]
-        return kl * (self.T * self.T / per)
+        return kl * (T * T / per)
 
 
 class Align(nn.Module):
@@ -219,19 +233,18 @@ class FeatureKD(Method):
     summary = "cosine of aligned features (the original's)"
     flags = (ALPHA, KD_REDUCTION)
 
-    def __init__(self, student_channels, teacher_channels, weight=0.5, reduction="original"):
-        super().__init__(weight)
-        _check_reduction(reduction)
+    def __init__(self, student_channels, teacher_channels, *values, **params):
+        super().__init__(*values, **params)
+        _check_reduction(self.reduction)
         if len(student_channels) < 3 or len(teacher_channels) < 3:
             raise LossError(f"feature KD needs 3 feature maps of each network, got {len(student_channels)} (student) "
                             f"and {len(teacher_channels)} (teacher)")
-        self.reduction = reduction
         self.align = Align(tuple(student_channels)[:3], tuple(teacher_channels)[:3])
         _trainable_attr(self, "align")
 
     @classmethod
     def from_args(cls, args, student, teacher):
-        return cls(feature_channels(student), teacher.feature_channels(), args.alpha, args.kd_reduction)
+        return cls(feature_channels(student), teacher.feature_channels(), **cls.flag_values(args))
 
     def trainable(self):
         return self.align
@@ -259,15 +272,8 @@ class ChannelWiseKD(Method):
     name, part, needs = "cwd", "cwd", frozenset({"logits8"})
     summary = "channel-wise KL on the stride-8 logits"
     flags = (Flag("w_cwd", 3.0, "CWD weight", "the paper and CIRKD", check=nonneg, why="must be >= 0"),
-             Flag("cwd_tau", 4.0, "CWD temperature", "the paper and CIRKD", check=positive, why="must be > 0"))
-
-    def __init__(self, weight=3.0, tau=4.0):
-        super().__init__(weight)
-        self.tau = tau
-
-    @classmethod
-    def from_args(cls, args, student, teacher):
-        return cls(args.w_cwd, args.cwd_tau)
+             Flag("cwd_tau", 4.0, "CWD temperature", "the paper and CIRKD", check=positive, why="must be > 0",
+                  param="tau"))
 
     def term(self, student_logits, teacher_logits):
         t = teacher_logits.float()
@@ -298,17 +304,9 @@ class DISTKD(Method):
     name, part, needs = "dist", "dist", frozenset({"logits8"})
     summary = "Pearson correlations on the stride-8 logits"
     flags = (Flag("w_dist", 1.0, "DIST weight", "the paper", check=nonneg, why="must be >= 0"),
-             Flag("dist_tau", 1.0, "DIST temperature", "the paper", check=positive, why="must be > 0"),
-             Flag("dist_beta", 1.0, "DIST inter-class (per pixel) weight", "the paper"),
-             Flag("dist_gamma", 1.0, "DIST intra-class (per class) weight", "the paper"))
-
-    def __init__(self, weight=1.0, tau=1.0, beta=1.0, gamma=1.0):
-        super().__init__(weight)
-        self.tau, self.beta, self.gamma = tau, beta, gamma
-
-    @classmethod
-    def from_args(cls, args, student, teacher):
-        return cls(args.w_dist, args.dist_tau, args.dist_beta, args.dist_gamma)
+             Flag("dist_tau", 1.0, "DIST temperature", "the paper", check=positive, why="must be > 0", param="tau"),
+             Flag("dist_beta", 1.0, "DIST inter-class (per pixel) weight", "the paper", param="beta"),
+             Flag("dist_gamma", 1.0, "DIST intra-class (per class) weight", "the paper", param="gamma"))
 
     def term(self, student_logits, teacher_logits):
         t = teacher_logits.float()
@@ -340,10 +338,6 @@ class AttentionTransfer(Method):
     flags = (Flag("w_at", 1000.0, "attention transfer weight (the AT paper's beta)", "the AT paper's beta",
                   check=nonneg, why="must be >= 0"),)
 
-    @classmethod
-    def from_args(cls, args, student, teacher):
-        return cls(args.w_at)
-
     def term(self, student_feats, teacher_feats):
         t = teacher_feats[LAST_PAIR]
         return (attention_map(student_feats[LAST_PAIR], t.shape[-2:]) - attention_map(t)).pow(2).mean()
@@ -370,17 +364,11 @@ class PairwiseAffinityKD(Method):
     name, part, needs = "affinity", "affinity", frozenset({"features"})
     summary = "pixel-pair similarities across the batch, last feature pair"
     flags = (Flag("w_affinity", 1.0, "pixel-pair affinity weight", "CIRKD", check=nonneg, why="must be >= 0"),
-             Flag("affinity_tau", 0.1, "affinity softmax temperature", "CIRKD", check=positive, why="must be > 0"),
+             Flag("affinity_tau", 0.1, "affinity softmax temperature", "CIRKD", check=positive, why="must be > 0",
+                  param="tau"),
              Flag("affinity_positions", 1024, "affinity: at most this many pooled positions per image (its matrices "
-                  "are positions^2)", "this repo (memory)", type=int, check=lambda v: v >= 1, why="must be >= 1"))
-
-    def __init__(self, weight=1.0, tau=0.1, max_positions=1024):
-        super().__init__(weight)
-        self.tau, self.max_positions = tau, max_positions
-
-    @classmethod
-    def from_args(cls, args, student, teacher):
-        return cls(args.w_affinity, args.affinity_tau, args.affinity_positions)
+                  "are positions^2)", "this repo (memory)", type=int, check=lambda v: v >= 1, why="must be >= 1",
+                  param="max_positions"))
 
     def term(self, student_feats, teacher_feats):
         s, t = student_feats[LAST_PAIR].float(), teacher_feats[LAST_PAIR].float()
@@ -438,20 +426,22 @@ class MaskedGenerativeKD(Method):
                   "2e-5 * 512 / C, 1e-5 for ResNet layer3, 8e-6 for the light teacher)", "the paper, per channel",
                   check=nonneg, why="must be >= 0"),
              Flag("mgd_keep", 0.25, "MGD: share of the positions the mask keeps", "this repo",
-                  check=lambda v: 0 < v <= 1, why="must be in (0, 1]"),
+                  check=lambda v: 0 < v <= 1, why="must be in (0, 1]", param="keep"),
              Flag("mgd_hidden", 256, "MGD generator's middle width (0: the teacher's width, as the paper)",
-                  "this repo (speed)", type=int, check=lambda v: v >= 0, why="must be >= 0 (0: the teacher's width)"))
+                  "this repo (speed)", type=int, check=lambda v: v >= 0, why="must be >= 0 (0: the teacher's width)",
+                  param="hidden"))
 
-    def __init__(self, student_channels, teacher_channels, weight=None, keep=0.25, hidden=256):
-        super().__init__(mgd_default_weight(teacher_channels) if weight is None else weight)
-        self.keep = keep
-        self.generator = MGDGenerator(student_channels, teacher_channels, hidden)
+    def __init__(self, student_channels, teacher_channels, *values, **params):
+        super().__init__(*values, **params)
+        if self.weight is None:
+            self.weight = mgd_default_weight(teacher_channels)
+        self.generator = MGDGenerator(student_channels, teacher_channels, self.hidden)
         _trainable_attr(self, "generator")
 
     @classmethod
     def from_args(cls, args, student, teacher):
-        return cls(feature_channels(student)[LAST_PAIR], teacher.feature_channels()[LAST_PAIR], args.w_mgd,
-                   args.mgd_keep, args.mgd_hidden)
+        return cls(feature_channels(student)[LAST_PAIR], teacher.feature_channels()[LAST_PAIR],
+                   **cls.flag_values(args))
 
     def trainable(self):
         return self.generator
@@ -480,7 +470,7 @@ class DistillationLoss(Loss):
         self.teacher, self.w_ce = teacher, w_ce
         self.ce = SegmentationLoss(ignore_index)
         self.methods = nn.ModuleDict(methods)
-        self.needs = frozenset().union(*(m.needs for m in self.methods.values())) - {"logits"}
+        self.needs = frozenset({"logits"}).union(*(m.needs for m in self.methods.values()))
         parts = {name: m.trainable() for name, m in self.methods.items() if m.trainable() is not None}
         # The same modules as under self.methods: kept off nn.Module's registry so state_dict() holds them once.
         object.__setattr__(self, "_trainable", nn.ModuleDict(parts) if parts else None)
@@ -497,22 +487,16 @@ class DistillationLoss(Loss):
         return outputs[next(iter(needs))] if len(needs) == 1 else {n: outputs[n] for n in needs}
 
     def forward(self, images, outputs, targets):
-        logits = outputs[0] if isinstance(outputs, tuple) else outputs
-        student = {"logits": logits}
-        if isinstance(outputs, tuple):
-            student["features"] = outputs[1]
-            if len(outputs) > 2:
-                student["logits8"] = outputs[2]
         active = [m for m in self.methods.values() if m.weight != 0]
         asked = tuple(n for n in OUTPUTS if any(n in m.needs for m in active))
-        teacher = dict(zip(asked, self.teacher(images, need=asked))) if asked else {}
-        ce = self.ce(images, logits, targets)["loss"]
+        teacher = self.teacher(images, needs=asked) if asked else {}
+        ce = self.ce(images, outputs, targets)["loss"]
         total, parts = self.w_ce * ce, {"ce": ce.detach()}
         for m in self.methods.values():
             if m.weight == 0:
                 parts[m.part] = torch.zeros_like(ce)
                 continue
-            value = m.term(self._side(student, m.needs), self._side(teacher, m.needs))
+            value = m.term(self._side(outputs, m.needs), self._side(teacher, m.needs))
             total = total + m.weight * value
             parts[m.part] = value.detach()
         return {"loss": total, **parts}
@@ -538,9 +522,9 @@ def build_loss(names, teacher, student, args, ignore_index=255):
 
 def distillation_loss(teacher, student, methods, ignore_index=255, **flags):
     """For a training loop of your own: the loss of `methods` ("response,cwd" or a list) from a frozen teacher
-    (teacher.FrozenTeacher) to a student (a network of model.py's protocol), every method flag at its default unless
-    given by name (alpha=0.3, w_cwd=3.0 ...). Call it as loss(images, student(images, return_features=
-    model.forward_flag(loss.needs)), masks) -> {"loss": total, <part>: value, ...}."""
+    (teacher.FrozenTeacher) to a student (a network of model.py's forward convention), every method flag at its
+    default unless given by name (alpha=0.3, w_cwd=3.0 ...). Call it as
+    loss(images, student(images, needs=loss.needs), masks) -> {"loss": total, <part>: value, ...}."""
     names = methods.split(",") if isinstance(methods, str) else list(methods)
     known = all_flags()
     unknown = sorted(set(flags) - set(known))

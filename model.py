@@ -6,15 +6,25 @@
 
 Names: the original's "light" student and "best" (an FCN-ResNet50 student), "teacher" (the network of
 --teacher_arch, trainable), torchvision's six segmentation networks (TORCHVISION), and MODULE:CALLABLE, a user's
-builder imported from the working folder or PYTHONPATH, called as CALLABLE(num_classes, **kwargs).
+builder imported from the working folder or PYTHONPATH, called as CALLABLE(num_classes, **kwargs). A builder takes
+only what it uses: num_classes and pretrained_backbone, and `teacher` alone its teacher_arch (build_model hands it
+over for that name only).
 
-Every network's forward(x) returns logits (N, C, H, W) at input resolution; forward(x, return_features=True)
-returns (logits, [features...]) for the feature methods; forward(x, return_features="logits8") returns
-(logits, [features...], logits8), logits8 being the classifier's output before upsampling (stride 8 for the light
-student and the ResNets: what CWD and DIST compare). A network that does not speak this protocol (torchvision's
-MobileNetV3 networks, a user's module whose forward takes no return_features) is wrapped by HookedSegNet, which
-reads its features from the submodules it names (`feature_taps`) with forward hooks. The feature widths are found
-by a forward probe (losses.feature_channels), never from a table.
+The forward convention, one for every network here (students, teachers, a user's network once built):
+    forward(x)               -> logits (N, C, H, W) at input resolution
+    forward(x, needs=NAMES)  -> {name: output} for exactly the names asked, drawn from OUTPUTS:
+        "logits"    the logits above
+        "logits8"   the classifier's output before upsampling (stride 8 for the light net and the ResNets: what CWD
+                    and DIST compare)
+        "features"  the feature maps, shallow to deep, as a list: three for this repo's networks (light: stride 4,
+                    stride 8, end of trunk; ResNets: layer1..layer3), a user's `feature_taps` in their order
+A loss declares the names it reads as its `needs` (losses.py), and the engine calls model(images, needs=loss.needs).
+A network skips what is not asked where it can: asked for features alone (the frozen teacher of a feature method),
+the light net and the ResNets stop after their third feature map, before the head (layer4 and the head are most of a
+ResNet teacher's cost). A network that does not speak this convention (torchvision's MobileNetV3 networks, a user's
+module whose forward takes no `needs`) is wrapped by HookedSegNet, which reads its features from the submodules it
+names (`feature_taps`) with forward hooks and always runs whole. The feature widths are found by a forward probe
+(feature_channels below), never from a table.
 """
 import argparse
 import contextlib
@@ -35,7 +45,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from utils import UserError
 
 # torchvision's segmentation networks: name -> (ImageNet backbone weights, feature taps, logits tap). The ResNets run
-# as TappedSegNet (their layer1..layer4, and a forward that stops after layer3 when only features are asked); the
+# as TappedSegNet (their layer1..layer3, and a forward that stops after layer3 when only features are asked); the
 # MobileNetV3 ones through HookedSegNet's hooks: the trunk's stride-4, stride-8 and last blocks, and the classifier.
 TORCHVISION = {
     "fcn_resnet50": (ResNet50_Weights.IMAGENET1K_V1, None, None),
@@ -47,16 +57,25 @@ TORCHVISION = {
     "deeplabv3_mobilenet_v3_large": (MobileNet_V3_Large_Weights.IMAGENET1K_V1,
                                      ("backbone.3", "backbone.6", "backbone.16"), "classifier"),
 }
-LOGITS8 = "logits8"  # forward(x, return_features=LOGITS8) -> (logits, features, stride-8 logits)
+OUTPUTS = ("logits", "logits8", "features")  # what forward(x, needs=...) can be asked for (the module docstring)
+HEADS = frozenset({"logits", "logits8"})  # the outputs that need a network's head
 
 
 class ModelError(UserError):
     """An unknown network name, a user's module that cannot be imported, or weights that cannot be fetched."""
 
 
-def forward_flag(needs):
-    """The return_features value under which a network's forward returns what a loss `needs` (losses.OUTPUTS)."""
-    return LOGITS8 if "logits8" in needs else "features" in needs
+def check_needs(needs):
+    """None (logits alone) or a set of OUTPUTS names; anything else fails here, named."""
+    if needs is not None and not set(needs) <= set(OUTPUTS):
+        raise ValueError(f"needs {sorted(set(needs) - set(OUTPUTS))}: unknown; ask for names of {OUTPUTS}")
+    return needs
+
+
+def answer(needs, logits=None, logits8=None, features=None):
+    """What forward(x, needs) returns: the logits alone for needs=None, else {name: output} for the names asked."""
+    got = {"logits": logits, "logits8": logits8, "features": features}
+    return logits if needs is None else {name: got[name] for name in needs}
 
 
 def _torchvision_net(arch, num_classes, pretrained_backbone):
@@ -65,11 +84,10 @@ def _torchvision_net(arch, num_classes, pretrained_backbone):
 
 
 class TappedSegNet(nn.Module):
-    """A torchvision ResNet segmentation net that also returns its layer1..layer4 features.
+    """A torchvision ResNet segmentation net that also answers its layer1..layer3 features (the module docstring).
 
     Attribute names match torchvision's (backbone.*, classifier.*), so torchvision state dicts load as they are.
-    `forward(x, return_features=True, upto=k)` stops after layer k when the logits are not needed:
-    feature distillation reads only layer1..layer3, and layer4 + head are most of the teacher's cost.
+    Asked for features alone, it stops after layer3: layer4 and the head are most of a teacher's cost.
     """
 
     def __init__(self, arch="fcn_resnet50", num_classes=21, pretrained_backbone=False):
@@ -81,21 +99,19 @@ class TappedSegNet(nn.Module):
         self.backbone = net.backbone  # IntermediateLayerGetter: conv1, bn1, relu, maxpool, layer1..layer4
         self.classifier = net.classifier
 
-    def forward(self, x, return_features=False, upto=4):
-        size = x.shape[-2:]
+    def forward(self, x, needs=None):
+        heads = check_needs(needs) is None or bool(HEADS & set(needs))
         feats = []
         h = x
         for name, module in self.backbone.items():
             h = module(h)
-            if name.startswith("layer"):
+            if name in ("layer1", "layer2", "layer3"):
                 feats.append(h)
-                if len(feats) == upto and upto < 4:
-                    return None, feats
+                if name == "layer3" and not heads:
+                    return answer(needs, features=feats)
         logits8 = self.classifier(h)  # stride 8: the backbone is dilated after layer2
-        logits = F.interpolate(logits8, size=size, mode="bilinear", align_corners=False)
-        if return_features == LOGITS8:
-            return logits, feats, logits8
-        return (logits, feats) if return_features else logits
+        logits = F.interpolate(logits8, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return answer(needs, logits, logits8, feats)
 
 
 class LightSegNet(nn.Module):
@@ -133,29 +149,27 @@ class LightSegNet(nn.Module):
         self.classifier = nn.Conv2d(256, num_classes, 1)
         self.upsample_first = upsample_first
 
-    def forward(self, x, return_features=False, upto=None):
-        """upto=3: return (None, [f4, f8, f32]) without running the head (a frozen light teacher's feature path)."""
+    def forward(self, x, needs=None):
+        """Asked for features alone, it stops at the end of the trunk (a frozen light teacher's feature path)."""
         size = x.shape[-2:]
         f4 = self.stage1(x)
         f8 = self.stage2(f4)
         f32 = self.stage3(f8)
-        if upto is not None and upto <= 3:
-            return None, [f4, f8, f32][:upto]
+        if check_needs(needs) is not None and not HEADS & set(needs):
+            return answer(needs, features=[f4, f8, f32])
         a = F.interpolate(self.aspp(f32), size=f8.shape[-2:], mode="bilinear", align_corners=False)
         d = self.decoder(torch.cat([a, f8], dim=1))
         if self.upsample_first:
             logits = self.classifier(F.interpolate(d, size=size, mode="bilinear", align_corners=False))
-            logits8 = self.classifier(d) if return_features == LOGITS8 else None
+            logits8 = self.classifier(d) if needs is not None and "logits8" in needs else None
         else:
             logits8 = self.classifier(d)
             logits = F.interpolate(logits8, size=size, mode="bilinear", align_corners=False)
-        if return_features == LOGITS8:
-            return logits, [f4, f8, f32], logits8
-        return (logits, [f4, f8, f32]) if return_features else logits
+        return answer(needs, logits, logits8, [f4, f8, f32])
 
 
 class HookedSegNet(nn.Module):
-    """A segmentation network that does not speak this repo's forward protocol, made to: its forward(x) (a tensor,
+    """A segmentation network that does not speak this repo's forward convention, made to: its forward(x) (a tensor,
     or torchvision's {"out": tensor}) gives the logits; forward hooks read the outputs of the submodules named in
     `taps` (the feature maps, in order) and `logits_tap` (the classifier's output before upsampling).
 
@@ -185,9 +199,9 @@ class HookedSegNet(nn.Module):
         out = self._run(x) if self._run is not None else self.net(x)
         return out["out"] if isinstance(out, dict) else out
 
-    def forward(self, x, return_features=False, upto=None):  # noqa: ARG002 - upto: the whole net runs here
-        if not return_features:
-            return self._logits(x)
+    def forward(self, x, needs=None):
+        if check_needs(needs) is None or set(needs) <= {"logits"}:
+            return answer(needs, logits=self._logits(x))
         seen, handles = {}, []
         for name in (*self.taps, *([self.logits_tap] if self.logits_tap else [])):
             hook = lambda m, i, o, name=name: seen.__setitem__(name, o)  # noqa: E731
@@ -198,22 +212,20 @@ class HookedSegNet(nn.Module):
             for h in handles:
                 h.remove()
         feats = [seen[t] for t in self.taps]
-        if return_features != LOGITS8:
-            return logits, feats
+        if "logits8" not in needs:
+            return answer(needs, logits, features=feats)
         logits8 = seen[self.logits_tap] if self.logits_tap else F.adaptive_avg_pool2d(
             logits, (math.ceil(x.shape[-2] / 8), math.ceil(x.shape[-1] / 8)))
-        return logits, feats, logits8
+        return answer(needs, logits, logits8, feats)
 
 
-def light(num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True, *, teacher_arch=None):
-    """fast=False: the original's order of operations (upsample, then classify), the same function.
-    teacher_arch: ignored (see MODELS)."""
+def light(num_classes=21, pretrained_backbone=False, upsample_first=False, fast=True):
+    """fast=False: the original's order of operations (upsample, then classify), the same function."""
     return LightSegNet(num_classes, pretrained_backbone, upsample_first=upsample_first or not fast)
 
 
-def best(num_classes=21, pretrained_backbone=False, *, teacher_arch=None):
-    """The original's second choice: torchvision fcn_resnet50 trained from scratch as a student.
-    teacher_arch: ignored (see MODELS)."""
+def best(num_classes=21, pretrained_backbone=False):
+    """The original's second choice: torchvision fcn_resnet50 trained from scratch as a student."""
     return TappedSegNet("fcn_resnet50", num_classes, pretrained_backbone)
 
 
@@ -228,21 +240,22 @@ def teacher(num_classes=21, pretrained_backbone=False, teacher_arch="fcn_resnet5
 
 
 def _torchvision_builder(arch):
-    def build(num_classes=21, pretrained_backbone=False, *, teacher_arch=None):
+    def build(num_classes=21, pretrained_backbone=False):
         if TORCHVISION[arch][1] is None:
             return TappedSegNet(arch, num_classes, pretrained_backbone)
         _, taps, logits_tap = TORCHVISION[arch]
         return HookedSegNet(_torchvision_net(arch, num_classes, pretrained_backbone), taps, logits_tap,
                             torchvision=True)
-    build.__doc__ = f"torchvision's {arch}, with feature taps. teacher_arch: ignored (see MODELS)."
+    build.__doc__ = f"torchvision's {arch}, with feature taps."
     return build
 
 
 ORIGINAL_ALIGN_CHANNELS = (256, 512, 1024)  # the original's alignment convs map the student to ResNet50 layer1..3
 ORIGINAL_TRUNK_PARAMS = 2_223_872  # MobileNetV2's `features`, counted twice by the original's summary table
 
-# Every builder takes num_classes, pretrained_backbone and teacher_arch, so that the scripts build any --model_name
-# with one call; only `teacher` reads teacher_arch. A keyword a builder does not take is refused (build_model).
+# Every builder takes num_classes and pretrained_backbone; `teacher` also its teacher_arch, which build_model hands it
+# (and no other builder), so that the scripts build any --model_name with one call. A keyword a builder does not take
+# is refused (build_model).
 MODELS = {"light": light, "best": best, "teacher": teacher, **{a: _torchvision_builder(a) for a in TORCHVISION}}
 
 
@@ -276,13 +289,20 @@ def user_builder(spec):
     return found
 
 
-def speaks_protocol(net):
-    return "return_features" in inspect.signature(net.forward).parameters
+def speaks_convention(net, spec="a network"):
+    """True when net's forward takes `needs` (the module docstring). A forward that takes the old return_features
+    instead is refused, named: its tuples would be read as logits."""
+    params = inspect.signature(net.forward).parameters
+    if "return_features" in params and "needs" not in params:
+        raise ModelError(f"{spec}: its forward takes return_features, the convention this repo used before: take "
+                         "needs=None and return logits, or a dict of the outputs asked (model.py's docstring, "
+                         "docs/networks.md); or drop it and name feature_taps")
+    return "needs" in params
 
 
 def _build_user(spec, num_classes, **kwargs):
     """A user's builder, called with the keywords it takes (it may take none of ours); its network wrapped by
-    HookedSegNet unless its forward already takes return_features."""
+    HookedSegNet unless its forward already takes needs."""
     builder = user_builder(spec)
     params = inspect.signature(builder).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -290,17 +310,13 @@ def _build_user(spec, num_classes, **kwargs):
     net = builder(num_classes, **kwargs)
     if not isinstance(net, nn.Module):
         raise ModelError(f"{spec} returned a {type(net).__name__}, not an nn.Module")
-    if speaks_protocol(net):
+    if speaks_convention(net, spec):
         return net
     return HookedSegNet(net, getattr(net, "feature_taps", ()), getattr(net, "logits_tap", None))
 
 
 def _fetch_backbone_weights(name, build):
     """Run a builder that asks torchvision for ImageNet weights: offline, one message instead of a trace."""
-    offline = os.environ.get("SEGKD_OFFLINE") == "1"  # the tests: a file not cached fails at once, as offline
-    real = torch.hub.download_url_to_file
-    if offline:
-        torch.hub.download_url_to_file = lambda url, *a, **k: (_ for _ in ()).throw(ConnectionError("SEGKD_OFFLINE=1"))
     try:
         return build()
     except (OSError, RuntimeError) as e:  # URLError and ConnectionError are OSErrors
@@ -308,13 +324,15 @@ def _fetch_backbone_weights(name, build):
             f"--pretrained_backbone: the ImageNet weights for {name} could not be fetched ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:120]}). Run once with internet (torchvision caches them under "
             f"{torch.hub.get_dir()}), or train without --pretrained_backbone.") from None
-    finally:
-        torch.hub.download_url_to_file = real
 
 
-def build_model(name, num_classes=21, **kwargs):
+def build_model(name, num_classes=21, teacher_arch=None, **kwargs):
     """MODELS[name](num_classes=num_classes, **kwargs), or a user's MODULE:CALLABLE; a misspelt keyword to one of
-    this repo's builders fails here, named, not silently."""
+    this repo's builders fails here, named, not silently. teacher_arch: the network that the name "teacher" stands for
+    (None: the teacher builder's default), handed to that builder alone, so that a script passes its --teacher_arch
+    whatever --model_name it builds."""
+    if name == "teacher" and teacher_arch is not None:
+        kwargs["teacher_arch"] = teacher_arch
     if name not in MODELS:
         if ":" not in name:
             raise ModelError(f"--model_name {name}: unknown; choose one of {', '.join(MODELS)}, or MODULE:CALLABLE")
@@ -456,7 +474,7 @@ def _probe(net, size):
     net.eval()
     try:
         with torch.no_grad():
-            feats = net(x, return_features=True)[1]
+            feats = net(x, needs={"features"})["features"]
     finally:
         net.train(was)
     return tuple(f.shape[1] for f in feats)

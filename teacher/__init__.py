@@ -7,7 +7,6 @@ Weights are looked for in this order (the first that exists wins):
   3. torchvision's COCO_WITH_VOC_LABELS_V1 weights in the torch hub cache, downloaded if the network allows
      (21 VOC classes only; the six torchvision networks of VOC_WEIGHTS).
 """
-import inspect
 import os
 
 import torch
@@ -22,7 +21,7 @@ from torchvision.models.segmentation import (
 )
 
 from fast import use_winograd
-from model import LOGITS8, build_model, feature_channels
+from model import build_model, check_needs, feature_channels
 from utils import UserError, load_checkpoint
 
 # Construction runs one way: this package builds its networks with model.py's registry; model.py never imports it.
@@ -42,14 +41,14 @@ class TeacherError(UserError):
 
 
 class FrozenTeacher(nn.Module):
-    """Eval mode that `.train()` cannot undo, no gradients, run under no_grad (STYLE rule 4)."""
+    """The teacher kept out of everything trainable: eval mode that `.train()` cannot undo (its BatchNorm statistics
+    never move), requires_grad off, run under no_grad; never in the optimizer, never saved, never wrapped in DDP."""
 
     def __init__(self, net, winograd=True):
         super().__init__()
         self.net = net.eval().requires_grad_(False)
         if winograd:  # the wide 3x3 convs: the same function, 4x fewer multiplications (CPU only; fast.py)
             use_winograd(self.net)
-        self._upto = "upto" in inspect.signature(net.forward).parameters
 
     def feature_channels(self):
         """The widths of the three feature maps the feature methods read (a forward probe, model.feature_channels)."""
@@ -59,22 +58,11 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()  # not inference_mode: a loss may save the teacher's outputs for its backward (MSE does)
-    def forward(self, x, need="logits"):
-        """need: 'logits' -> logits; 'features' -> the first three feature maps only (for a ResNet: layer1..layer3,
-        no layer4, no head); 'logits8' -> the stride-8 logits before upsampling; a tuple of these names -> a tuple
-        of those outputs in that order, from one forward pass (a loss that combines methods asks once per step)."""
-        names = (need,) if isinstance(need, str) else tuple(need)
-        unknown = set(names) - {"logits", "logits8", "features"}
-        if unknown:
-            raise ValueError(f"FrozenTeacher: need {sorted(unknown)} unknown; ask for logits, logits8 or features")
-        if set(names) == {"logits"}:
-            got = {"logits": self.net(x)}
-        elif set(names) == {"features"}:  # a ResNet stops after layer3: layer4 and the head are most of its cost
-            got = {"features": self.net(x, return_features=True, **({"upto": 3} if self._upto else {}))[1][:3]}
-        else:
-            logits, feats, logits8 = self.net(x, return_features=LOGITS8)
-            got = {"logits": logits, "features": feats[:3], "logits8": logits8}
-        return got[need] if isinstance(need, str) else tuple(got[n] for n in names)
+    def forward(self, x, needs=None):
+        """The networks' convention (model.py): logits for needs=None, else {name: output} for the names asked, from
+        one forward pass (a loss that combines methods asks once per step). Asked for features alone, the light net
+        and the ResNets stop after their third feature map, before the head."""
+        return self.net(x) if check_needs(needs) is None else self.net(x, needs=needs)
 
 
 def _strip_state_dict(sd):
@@ -113,8 +101,6 @@ def resolve_teacher_weights(arch, num_classes, teacher_weights=None, save_dir="w
     if os.path.isfile(cached):
         return _strip_state_dict(load_checkpoint(cached)), cached
     try:
-        if os.environ.get("SEGKD_OFFLINE") == "1":  # the tests: never reach for the network
-            raise ConnectionError("SEGKD_OFFLINE=1")
         sd = VOC_WEIGHTS[arch].get_state_dict(progress=True)
         return _strip_state_dict(sd), cached
     except Exception as e:  # noqa: BLE001 - offline or blocked: every failure leads to the same advice

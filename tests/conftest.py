@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic VOC-layout dataset and torchvision-format teacher weights, both made here
 (the tests never touch the network or ../shared)."""
 import os
+import runpy
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFLINE = os.path.join(ROOT, "tests", "offline")  # its sitecustomize.py refuses downloads (read it)
 sys.path.insert(0, ROOT)
+runpy.run_path(os.path.join(OFFLINE, "sitecustomize.py"))  # this process offline too
 
 from dataset import make_synthetic_voc  # noqa: E402
 from teacher import VOC_WEIGHTS  # noqa: E402
@@ -41,7 +44,9 @@ def torch_home(tmp_path_factory):
 
 
 def cli_env(torch_home=None):
-    env = dict(os.environ, SEGKD_OFFLINE="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    """The environment of a script a test starts: offline (tests/offline on PYTHONPATH), unbuffered, no display."""
+    path = os.pathsep.join(p for p in (OFFLINE, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
     if torch_home:
         env["TORCH_HOME"] = torch_home
     return env

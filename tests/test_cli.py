@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,32 +57,120 @@ def test_model_summary():
 
 def test_training_writes_checkpoints_logs_and_pictures(pipeline):
     w = pipeline["cwd"] / "weights"
-    for run in ("regular", "response", "feature"):
-        for suffix in ("best.pth", "last.pth", "log.jsonl", "curves.png", "predictions.png"):
-            assert (w / f"{run}_{suffix}").is_file(), f"{run}_{suffix}"
-    lines = (w / "regular_log.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    missing = [f"{run}_{suffix}" for run in ("regular", "response", "feature")
+               for suffix in ("best.pth", "last.pth", "log.jsonl", "curves.png", "predictions.png")
+               if not (w / f"{run}_{suffix}").is_file()]
+    assert missing == []
+
+
+def test_logs_hold_one_line_per_epoch_and_the_loss_parts(pipeline):
+    w = pipeline["cwd"] / "weights"
+    assert [json.loads(x)["epoch"] for x in (w / "regular_log.jsonl").read_text().splitlines()] == [0, 1]
     kd = json.loads((w / "response_log.jsonl").read_text().splitlines()[0])
     assert {"train_loss", "train_ce", "train_kd", "val_miou"} <= kd.keys()
+
+
+def test_kd_checkpoints_keep_the_loss_parts_out_of_the_network(pipeline):
+    """RUN_best.pth holds the student alone; RUN_last.pth the resumable state, the loss's alignment convs included."""
+    w = pipeline["cwd"] / "weights"
     ckpt = torch.load(w / "feature_best.pth", weights_only=True)
     assert ckpt["model_name"] == "light" and not any(k.startswith("align") for k in ckpt["model"])
     last = torch.load(w / "feature_last.pth", weights_only=True)  # resumable state, plain types only
     assert {"optimizer", "lr_scheduler", "early_stopping", "rng", "epoch", "args", "criterion"} <= last.keys()
     assert any(k.startswith("feature.convs.") for k in last["criterion"])  # the loss's alignment convs, not the teacher
+
+
+def test_default_teacher_is_torchvisions_file_in_the_hub_cache(pipeline):
     assert os.path.basename(hub_file("")) in pipeline["response"].stdout.split("teacher: fcn_resnet50 from ")[1]
 
 
+def results_rows(cwd):
+    with open(cwd / "results.csv") as f:
+        return {r["training_mode"]: r for r in csv.DictReader(f)}
+
+
 def test_results_csv_has_four_rows_in_the_original_columns(pipeline):
-    with open(pipeline["cwd"] / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["training_mode"] for r in rows] == ["teacher", "regular", "response", "feature"]
+    assert list(results_rows(pipeline["cwd"])) == ["teacher", "regular", "response", "feature"]
     header = open(pipeline["cwd"] / "results.csv").readline().strip().split(",")
     assert header[:4] == ["training_mode", "mIoU_with_ignore", "mIoU_without_ignore", "avg_inference_time_ms"]
-    for r in rows:
-        assert 0 <= float(r["mIoU_with_ignore"]) <= 1 and 0 <= float(r["mIoU_without_ignore"]) <= 1
-        assert float(r["avg_inference_time_ms"]) > 0
     assert (pipeline["cwd"] / "visualizations" / "feature_0.png").is_file()
-    assert "mIoU (255 excluded)" in pipeline["test_feature"].stdout
+
+
+def numpy_miou(pred, target, num_classes, clamp):
+    """IoU per class over every pixel of the split, then the mean over the classes present in prediction or target
+    (NumPy). clamp=False: pixels labelled 255 left out; clamp=True: the original's, 255 counted as the last class."""
+    pred, target = pred.ravel(), target.ravel()
+    if clamp:
+        target = np.where(target == 255, num_classes - 1, target)
+    else:
+        pred, target = pred[target != 255], target[target != 255]
+    ious = []
+    for c in range(num_classes):
+        union = np.sum((pred == c) | (target == c))
+        if union:
+            ious.append(np.sum((pred == c) & (target == c)) / union)
+    return float(np.mean(ious))
+
+
+@pytest.mark.parametrize("mode", ["regular", "response", "feature"])
+def test_reported_miou_is_the_checkpoints_miou_on_the_val_split(pipeline, synthetic_root, mode):
+    """What test.py prints and writes is the mIoU of MODE_best.pth's predictions on the val images, counted here
+    apart: the checkpoint's weights in a freshly built network, every val image in one batch, a NumPy count."""
+    from dataset import build_dataset
+    from model import build_model
+
+    ckpt = torch.load(pipeline["cwd"] / "weights" / f"{mode}_best.pth", weights_only=True)
+    net = build_model(ckpt["model_name"], ckpt["num_classes"])
+    net.load_state_dict(ckpt["model"])
+    net = net.eval().to(memory_format=torch.channels_last)  # as test.py runs it
+    val = build_dataset("voc", synthetic_root, "val", (32, 32), train=False)
+    images = torch.stack([val[i][0] for i in range(len(val))]).contiguous(memory_format=torch.channels_last)
+    masks = np.stack([val[i][1].numpy() for i in range(len(val))])
+    with torch.no_grad():
+        pred = net(images).argmax(1).numpy()
+    row = results_rows(pipeline["cwd"])[mode]
+    want, want_clamped = numpy_miou(pred, masks, 21, clamp=False), numpy_miou(pred, masks, 21, clamp=True)
+    assert abs(float(row["mIoU_with_ignore"]) - want) <= 5e-5 + 1e-9  # the csv keeps 4 decimals
+    assert abs(float(row["mIoU_without_ignore"]) - want_clamped) <= 5e-5 + 1e-9
+    assert f"mIoU (255 excluded):            {want:.4f}" in pipeline[f"test_{mode}"].stdout
+
+
+def test_reported_miou_is_what_training_validated_for_the_same_weights(pipeline):
+    """regular_best.pth was saved at one epoch; the training log's val_miou of that epoch is test.py's number
+    (one metric implementation, the same val split and size)."""
+    w = pipeline["cwd"] / "weights"
+    epoch = torch.load(w / "regular_best.pth", weights_only=True)["epoch"]
+    lines = [json.loads(x) for x in (w / "regular_log.jsonl").read_text().splitlines()]
+    logged = {line["epoch"]: line["val_miou"] for line in lines}
+    assert results_rows(pipeline["cwd"])["regular"]["mIoU_with_ignore"] == f"{logged[epoch]:.4f}"
+
+
+def test_inference_time_is_per_image_in_ms_without_the_warm_up_batch(pipeline, synthetic_root, tmp_path, monkeypatch):
+    """A clock that only the network moves: batch 0 (warm-up) takes 1 s, batch 1 (two images) 0.25 s, so 125 ms per
+    image. Counting the warm-up would give 312.5, per batch 250, in seconds 0.125."""
+    import engine
+    import test as test_script
+
+    now, costs = [0.0], iter([1.0, 0.25])
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    load_network = test_script.load_network
+
+    class Clocked(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            now[0] += next(costs)
+            return self.net(x)
+
+    monkeypatch.setattr(test_script, "load_network", lambda *a: (Clocked(load_network(*a)[0]), "clocked"))
+    args = test_script.get_args_parser().parse_args([
+        "--training_mode", "regular", "--weights", str(pipeline["cwd"] / "weights" / "regular_best.pth"),
+        "--root_dir", synthetic_root, "--img_size", "32", "--batch_size", "2", "--num_workers", "0", "--device",
+        "cpu", "--no_progress", "--num_vis", "0", "--results_csv", str(tmp_path / "results.csv")])
+    assert test_script.main(args)["avg_inference_time_ms"] == 125.0
+    assert results_rows(tmp_path)["regular"]["avg_inference_time_ms"] == "125.000"
 
 
 @pytest.mark.parametrize("module,argv,expected", [

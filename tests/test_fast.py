@@ -64,10 +64,11 @@ def test_frozen_teacher_with_winograd_keeps_the_logits():
     assert set(teacher.net.state_dict()) == set(FrozenTeacher(copy.deepcopy(plain), winograd=False).net.state_dict())
     x = torch.randn(2, 3, 64, 72).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        ref_logits, ref_feats = plain(x, return_features=True)
+        ref = plain(x, needs={"logits", "features"})
+        ref_logits, ref_feats = ref["logits"], ref["features"]
     logits = teacher(x)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-3, atol=1e-4 * ref_logits.abs().max().item())
-    for a, b in zip(teacher(x, need="features"), ref_feats[:3]):
+    for a, b in zip(teacher(x, needs={"features"})["features"], ref_feats, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
 
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from losses import DistillationLoss, FeatureKD, ResponseKD, SegmentationLoss
-from model import feature_channels, forward_flag
+from model import feature_channels
 from model import TappedSegNet
 from teacher import FrozenTeacher
 
@@ -21,10 +21,10 @@ class FixedTeacher(nn.Module):
         super().__init__()
         self.logits, self.feats, self.calls = logits, feats, 0
 
-    def forward(self, x, need="logits"):
+    def forward(self, x, needs=None):
         self.calls += 1
         got = {"features": self.feats, "logits": self.logits}
-        return got[need] if isinstance(need, str) else tuple(got[n] for n in need)
+        return got["logits"] if needs is None else {n: got[n] for n in needs}
 
 
 def whole(teacher, method):
@@ -74,7 +74,7 @@ def test_response_blend_and_ignore():
     target = torch.randint(0, 5, (2, 6, 6))
     target[:, 0] = 255
     crit = whole(FixedTeacher(t), ResponseKD(0.3, 4, "pixel"))
-    out = crit(None, s, target)
+    out = crit(None, {"logits": s}, target)
     ce = F.cross_entropy(s, target, ignore_index=255)
     assert abs(out["loss"].item() - (0.3 * hand_kd(s, t, 4) + 0.7 * ce.item())) < 1e-5
     assert abs(out["ce"].item() - ce.item()) < 1e-6
@@ -84,8 +84,8 @@ def test_alpha_zero_is_plain_cross_entropy_and_skips_the_teacher():
     s = torch.randn(2, 5, 6, 6)
     target = torch.randint(0, 5, (2, 6, 6))
     teacher = FixedTeacher(torch.randn(2, 5, 6, 6))
-    out = whole(teacher, ResponseKD(0.0))(None, s, target)
-    assert out["loss"].item() == SegmentationLoss()(None, s, target)["loss"].item()
+    out = whole(teacher, ResponseKD(0.0))(None, {"logits": s}, target)
+    assert out["loss"].item() == SegmentationLoss()(None, {"logits": s}, target)["loss"].item()
     assert teacher.calls == 0
 
 
@@ -108,7 +108,7 @@ def test_feature_kd_matches_hand_computation():
     s_feats = [torch.randn(2, 3, 8, 8), torch.randn(2, 5, 4, 4), torch.randn(2, 7, 2, 2)]  # last one resized
     crit = whole(FixedTeacher(feats=t_feats), FeatureKD((3, 5, 7), (4, 6, 8), 0.4, "pixel"))
     logits, target = torch.randn(2, 5, 16, 16), torch.randint(0, 5, (2, 16, 16))
-    out = crit(None, (logits, s_feats), target)
+    out = crit(None, {"logits": logits, "features": s_feats}, target)
     feat = hand_feature(s_feats, t_feats, crit.methods["feature"].align)
     assert abs(out["feat"].item() - feat) < 1e-5
     ce = F.cross_entropy(logits, target, ignore_index=255).item()
@@ -122,7 +122,8 @@ def test_feature_kd_zero_when_aligned_features_match():
         for conv in crit.methods["feature"].align.convs:  # identity projections
             conv.weight.copy_(torch.eye(conv.out_channels)[:, :, None, None])
             conv.bias.zero_()
-    out = crit(None, (torch.randn(2, 5, 4, 4), [f.clone() for f in t_feats]), torch.zeros(2, 4, 4, dtype=torch.long))
+    out = crit(None, {"logits": torch.randn(2, 5, 4, 4), "features": [f.clone() for f in t_feats]},
+               torch.zeros(2, 4, 4, dtype=torch.long))
     assert abs(out["feat"].item()) < 1e-6
 
 
@@ -143,7 +144,7 @@ def test_teacher_frozen_during_distillation(method):
     assert not teacher.training and not any(m.training for m in teacher.modules())
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     for _ in range(2):
-        out = crit(x, student(x, return_features=forward_flag(crit.needs)), y)
+        out = crit(x, student(x, needs=crit.needs), y)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -160,14 +161,14 @@ def test_non_finite_loss_stops_training():
     from engine import NonFiniteLoss, train_one_epoch
 
     class NaNLoss(nn.Module):
-        needs = frozenset()
+        needs = frozenset({"logits"})
 
         def forward(self, images, outputs, targets):
-            return {"loss": outputs.mean() * float("nan")}
+            return {"loss": outputs["logits"].mean() * float("nan")}
 
     model = nn.Conv2d(3, 2, 1)
     model.forward_orig = model.forward
-    model.forward = lambda x, return_features=False: model.forward_orig(x)
+    model.forward = lambda x, needs=None: {"logits": model.forward_orig(x)}
     loader = [(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))] * 3
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLoss, match="nan"):

@@ -13,8 +13,8 @@ from conftest import ROOT, run_cli
 import train_kd
 import losses
 from losses import (METHODS, AttentionTransfer, ChannelWiseKD, DistillationLoss, DISTKD, Flag, MaskedGenerativeKD,
-                    Method, PairwiseAffinityKD, build_loss, register)
-from model import LOGITS8, TappedSegNet, build_model, forward_flag
+                    Method, PairwiseAffinityKD, ResponseKD, build_loss, register)
+from model import TappedSegNet, build_model
 from teacher import FrozenTeacher
 
 
@@ -152,6 +152,20 @@ def test_mgd_matches_float64():
     assert abs(got - want) < 1e-5 * want
 
 
+def test_a_method_parameter_is_declared_once_in_its_flag():
+    """A Flag is a method's parameter: the constructor's default, its keyword (param) and from_args all come from it,
+    so --w_cwd on the command line is ChannelWiseKD's weight without a third place that says so."""
+    for cls in (ResponseKD, ChannelWiseKD, DISTKD, AttentionTransfer, PairwiseAffinityKD):
+        built = cls()
+        assert all(getattr(built, f.param) == f.default for f in cls.flags), cls.name
+    args = train_kd.get_args_parser().parse_args(["--w_cwd", "2.5", "--dist_gamma", "0.25"])
+    cwd, dist = ChannelWiseKD.from_args(args, None, None), DISTKD.from_args(args, None, None)
+    assert (cwd.weight, cwd.tau) == (2.5, 4.0) and (dist.beta, dist.gamma) == (1.0, 0.25)
+    assert (ResponseKD(0.3, 4.0).weight, ResponseKD(0.3, 4.0).temperature) == (0.3, 4.0)  # positions: flags' order
+    with pytest.raises(TypeError, match="takes weight, tau"):
+        ChannelWiseKD(tau=1.0, temperature=2.0)
+
+
 def test_mgd_default_weight_per_teacher_channel():
     assert MaskedGenerativeKD(1280, 1024).weight == pytest.approx(1e-5)
     assert MaskedGenerativeKD(1280, 1280, hidden=8).weight == pytest.approx(8e-6)
@@ -196,11 +210,12 @@ def test_stride8_logits_leave_existing_outputs_alone():
     for net in (build_model("light", 5).eval(), build_model("light", 5, fast=False).eval(),
                 TappedSegNet("fcn_resnet50", 5).eval()):
         with torch.no_grad():
-            plain, (logits, feats_, logits8) = net(x), net(x, return_features=LOGITS8)
-            with_feats = net(x, return_features=True)
+            plain, every = net(x), net(x, needs={"logits", "logits8", "features"})
+            with_feats = net(x, needs={"logits", "features"})
+        logits, feats_, logits8 = every["logits"], every["features"], every["logits8"]
         torch.testing.assert_close(logits, plain)
-        torch.testing.assert_close(with_feats[0], plain)
-        assert len(with_feats) == 2 and len(feats_) == len(with_feats[1])
+        torch.testing.assert_close(with_feats["logits"], plain)
+        assert set(with_feats) == {"logits", "features"} and len(feats_) == len(with_feats["features"]) == 3
         assert logits8.shape[-2:] == (4, 4)
         torch.testing.assert_close(F.interpolate(logits8, size=(32, 32), mode="bilinear", align_corners=False),
                                    plain, rtol=1e-4, atol=1e-5)
@@ -225,14 +240,14 @@ def test_every_method_together_one_teacher_call_gradients_to_student_and_parts_o
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     calls = []
     forward = teacher.forward
-    teacher.forward = lambda *a, **k: (calls.append(k.get("need")), forward(*a, **k))[1]
+    teacher.forward = lambda *a, **k: (calls.append(k.get("needs")), forward(*a, **k))[1]
     torch.manual_seed(0)
     student = build_model("light", 5).train()
     loss = all_methods(teacher, student)
-    assert isinstance(loss, DistillationLoss) and loss.needs == {"features", "logits8"}
+    assert isinstance(loss, DistillationLoss) and loss.needs == {"logits", "features", "logits8"}
     assert set(loss.trainable().keys()) == {n for n, cls in METHODS.items() if n in ("feature", "mgd")}
     x, y = torch.randn(2, 3, 48, 48), torch.randint(0, 5, (2, 48, 48))  # grids: student 2x2, teacher 6x6 or 2x2
-    out = loss(x, student(x, return_features=forward_flag(loss.needs)), y)
+    out = loss(x, student(x, needs=loss.needs), y)
     assert calls == [("logits", "logits8", "features")]
     assert set(out) == {"loss", "ce"} | {cls.part for cls in METHODS.values()}
     w = {m.part: m.weight for m in loss.methods.values()}
@@ -265,9 +280,9 @@ def test_weights_zero_skip_the_teacher_and_replay_cross_entropy():
     zero = [f"--{f}" for f in ("alpha", "w_cwd", "w_dist", "w_at", "w_affinity", "w_mgd")]
     loss = all_methods(teacher, student, *[v for flag in zero for v in (flag, "0")])
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
-    outputs = student(x, return_features=forward_flag(loss.needs))
+    outputs = student(x, needs=loss.needs)
     out = loss(x, outputs, y)
-    assert out["loss"].item() == F.cross_entropy(outputs[0], y, ignore_index=255).item() and not calls
+    assert out["loss"].item() == F.cross_entropy(outputs["logits"], y, ignore_index=255).item() and not calls
 
 
 def test_methods_under_bf16_autocast_are_float32_and_finite():
@@ -275,7 +290,7 @@ def test_methods_under_bf16_autocast_are_float32_and_finite():
     loss = all_methods(teacher, student)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = loss(x, student(x, return_features=forward_flag(loss.needs)), y)
+        out = loss(x, student(x, needs=loss.needs), y)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
 
 
@@ -321,13 +336,9 @@ class ToyKD(Method):
     name, part, needs, summary = "toy", "toy", frozenset({"logits8", "features"}), "a test's own method"
     flags = (Flag("w_toy", 0.5, "toy weight", "this test", check=lambda v: v >= 0, why="must be >= 0"),)
 
-    def __init__(self, weight):
-        super().__init__(weight)
+    def __init__(self, *values, **params):  # its parameters come from its flags (self.weight); its own part here
+        super().__init__(*values, **params)
         self.scale = torch.nn.Conv2d(1, 1, 1)
-
-    @classmethod
-    def from_args(cls, args, student, teacher):
-        return cls(args.w_toy)
 
     def trainable(self):
         return self.scale

@@ -1,9 +1,10 @@
+import inspect
 import os
 
 import pytest
 import torch
 
-from model import LOGITS8, MODELS, TappedSegNet, build_model, count_parameters, feature_channels
+from model import MODELS, LightSegNet, TappedSegNet, build_model, count_parameters, feature_channels
 from teacher import FrozenTeacher, TeacherError, hub_weights_path, load_teacher
 
 
@@ -25,10 +26,10 @@ def test_classify_then_upsample_equals_original_order():
 
 
 # The widths each network's taps give, written out from the architectures (MobileNetV2 / V3-Large blocks, ResNet
-# layer1..4), to check the forward probe against.
-WIDTHS = {"light": (24, 32, 1280), "best": (256, 512, 1024, 2048), "teacher": (256, 512, 1024, 2048),
-          "fcn_resnet50": (256, 512, 1024, 2048), "fcn_resnet101": (256, 512, 1024, 2048),
-          "deeplabv3_resnet50": (256, 512, 1024, 2048), "deeplabv3_resnet101": (256, 512, 1024, 2048),
+# layer1..3), to check the forward probe against.
+WIDTHS = {"light": (24, 32, 1280), "best": (256, 512, 1024), "teacher": (256, 512, 1024),
+          "fcn_resnet50": (256, 512, 1024), "fcn_resnet101": (256, 512, 1024),
+          "deeplabv3_resnet50": (256, 512, 1024), "deeplabv3_resnet101": (256, 512, 1024),
           "lraspp_mobilenet_v3_large": (24, 40, 960), "deeplabv3_mobilenet_v3_large": (24, 40, 960)}
 
 
@@ -38,7 +39,8 @@ def test_registry_shapes_and_feature_taps(name):
     x = torch.randn(2, 3, 48, 64)
     with torch.no_grad():
         plain = model(x)
-        logits, feats, logits8 = model(x, return_features=LOGITS8)
+        got = model(x, needs={"logits", "logits8", "features"})
+        logits, feats, logits8 = got["logits"], got["features"], got["logits8"]
     assert logits.shape == (2, 5, 48, 64) and torch.equal(logits, plain)
     assert tuple(f.shape[1] for f in feats) == WIDTHS[name] == feature_channels(model)
     assert logits8.shape[:2] == (2, 5) and logits8.shape[-1] < 64
@@ -46,13 +48,36 @@ def test_registry_shapes_and_feature_taps(name):
     assert total == trainable > 0
 
 
+@pytest.mark.parametrize("name", ["light", "fcn_resnet50", "lraspp_mobilenet_v3_large"])
+def test_forward_answers_exactly_the_names_asked(name):
+    """forward(x) is the logits; forward(x, needs=S) a dict of the names in S, no more (model.py's docstring)."""
+    model = build_model(name, 5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert isinstance(model(x), torch.Tensor)
+        for needs in ({"logits"}, {"features"}, {"logits8"}, {"logits8", "features"}, set()):
+            assert set(model(x, needs=needs)) == needs
+        with pytest.raises(ValueError, match="attention"):
+            model(x, needs={"attention"})
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_registry_refuses_a_misspelt_keyword(name):
-    """Every builder takes the scripts' teacher_arch; a keyword it does not take fails, named, instead of vanishing."""
-    build_model(name, 5, pretrained_backbone=False, teacher_arch="light")
+    """A keyword a builder does not take fails, named, instead of vanishing."""
     with pytest.raises(TypeError, match=rf"{name}\(\): unknown argument\(s\) pretrianed_backbone; it takes "
                                         r"num_classes, pretrained_backbone"):
         build_model(name, 5, pretrianed_backbone=True)
+
+
+def test_teacher_arch_reaches_the_teacher_builder_alone():
+    """Builders take only what they use: teacher_arch is a parameter of `teacher` alone, and build_model hands the
+    scripts' --teacher_arch to that builder only, whatever name it builds."""
+    takes = {name: inspect.signature(builder).parameters for name, builder in MODELS.items()}
+    assert [name for name, params in takes.items() if "teacher_arch" in params] == ["teacher"]
+    assert isinstance(build_model("teacher", 5, teacher_arch="light"), LightSegNet)
+    assert isinstance(build_model("light", 5, teacher_arch="fcn_resnet50"), LightSegNet)
+    with pytest.raises(TypeError, match="teacher_arch"):
+        MODELS["light"](5, teacher_arch="fcn_resnet50")
 
 
 def test_teacher_feature_path_stops_early_with_same_features():
@@ -74,8 +99,9 @@ def test_teacher_feature_path_stops_early_with_same_features():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref(x)
-    early = teacher(x, need="features")
-    assert len(early) == 3 and ran == []
+    early = teacher(x, needs={"features"})
+    assert set(early) == {"features"} and len(early["features"]) == 3 and ran == []
+    early = early["features"]
     for a, name in zip(early, ("layer1", "layer2", "layer3")):
         torch.testing.assert_close(a, want[name], rtol=1e-4, atol=1e-4 * want[name].abs().max().item())
     teacher(x)  # the logits path does run them: the hooks can see it
@@ -87,7 +113,6 @@ def test_teacher_loads_torchvision_weights_from_hub_cache(torch_home, monkeypatc
     from torchvision.models.segmentation import fcn_resnet50
 
     monkeypatch.setenv("TORCH_HOME", torch_home)
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     teacher, source = load_teacher("fcn_resnet50", 21, save_dir=str(tmp_path))
     assert source == hub_weights_path("fcn_resnet50")
     ref = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True).eval()
@@ -98,7 +123,6 @@ def test_teacher_loads_torchvision_weights_from_hub_cache(torch_home, monkeypatc
 
 
 def test_teacher_weight_order_and_offline_error(torch_home, monkeypatch, tmp_path):
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     # 1. --teacher_weights wins over everything.
     own = TappedSegNet("fcn_resnet50", 21)
     path = tmp_path / "mine.pth"
@@ -122,7 +146,6 @@ def test_teacher_weight_order_and_offline_error(torch_home, monkeypatch, tmp_pat
 
 
 def test_teacher_weights_of_wrong_arch_fail_clearly(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     path = tmp_path / "w.pth"
     torch.save(TappedSegNet("fcn_resnet50", 5).state_dict(), path)
     with pytest.raises(TeacherError, match="do not fit"):

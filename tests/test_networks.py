@@ -80,18 +80,30 @@ def test_user_module_is_wrapped_with_its_taps_and_probed(in_user_dir):
     assert isinstance(net, model.HookedSegNet) and model.feature_channels(net) == (8, 16, 32)
     x = torch.randn(2, 3, 32, 40)
     with torch.no_grad():
-        logits, feats, logits8 = net(x, return_features=model.LOGITS8)
+        got = net(x, needs={"logits", "logits8", "features"})
+        logits, feats, logits8 = got["logits"], got["features"], got["logits8"]
         assert torch.equal(logits, net(x)) and logits8.shape == (2, 5, 4, 5)
         assert torch.equal(logits8, net.net.head(net.net.deep(feats[1])))  # the classifier's own output
     plain = model.build_model("mynet:build_untapped", 5).eval()
     with torch.no_grad():
-        logits, feats, logits8 = plain(x, return_features=model.LOGITS8)
+        got = plain(x, needs={"logits", "logits8", "features"})
+        logits, feats, logits8 = got["logits"], got["features"], got["logits8"]
     # no logits tap: CWD and DIST compare the logits area-averaged to 1/8 of the input
     assert feats == [] and torch.equal(logits8, F.adaptive_avg_pool2d(logits, (4, 5)))
     with pytest.raises(model.ModelError, match="nosuch:build: cannot import build from nosuch"):
         model.build_model("nosuch:build", 5)
     with pytest.raises(model.ModelError, match="unknown; choose one of light, best, teacher"):
         model.build_model("lite", 5)
+
+
+def test_a_forward_on_the_old_return_features_convention_is_refused_by_name():
+    """Its tuples would be read as logits: the build stops, saying what changed (docs/networks.md)."""
+    class Old(torch.nn.Module):
+        def forward(self, x, return_features=False):
+            return x
+
+    with pytest.raises(model.ModelError, match="old:build: its forward takes return_features, the convention"):
+        model.speaks_convention(Old(), "old:build")
 
 
 def test_user_module_trains_with_response_and_feature_kd(synthetic_root, in_user_dir, tmp_path):
@@ -156,7 +168,6 @@ def test_torchvision_teacher_loads_its_voc_file_by_name(tmp_path, monkeypatch):
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     path = hub_weights_path("lraspp_mobilenet_v3_large")
     os.makedirs(os.path.dirname(path))
     torch.manual_seed(1)
@@ -165,14 +176,14 @@ def test_torchvision_teacher_loads_its_voc_file_by_name(tmp_path, monkeypatch):
     teacher, source = load_teacher("lraspp_mobilenet_v3_large", 21, save_dir=str(tmp_path / "none"))
     assert source == path and teacher.feature_channels() == (24, 40, 960)
     x = torch.randn(1, 3, 64, 64)
-    logits, logits8, feats = teacher(x, need=("logits", "logits8", "features"))
+    got = teacher(x, needs=("logits", "logits8", "features"))
+    logits, logits8, feats = got["logits"], got["logits8"], got["features"]
     torch.testing.assert_close(logits, reference(x)["out"])
     assert logits8.shape == (1, 21, 8, 8) and [f.shape[1] for f in feats] == [24, 40, 960]
 
 
 def test_pretrained_backbone_offline_is_one_message(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("SEGKD_OFFLINE", "1")
     for name in ("light", "lraspp_mobilenet_v3_large"):
         with pytest.raises(model.ModelError, match=rf"--pretrained_backbone: the ImageNet weights for {name} could "
                                                    "not be fetched .*Run once with internet"):

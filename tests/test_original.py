@@ -55,7 +55,8 @@ def test_original_state_dict_gives_the_original_logits(size):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         want, want_feats = theirs(x)
-        got, got_feats = ours(x, return_features=True)
+        got = ours(x, needs={"logits", "features"})
+        got, got_feats = got["logits"], got["features"]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert len(got_feats) == len(want_feats) == 3
     for a, b in zip(got_feats, want_feats):
@@ -104,14 +105,14 @@ def test_total_loss_is_the_originals_blend():
     y = torch.randint(0, 21, (2, 8, 8))
 
     class Fixed(nn.Module):
-        def forward(self, x, need="logits"):
-            return (t,)
+        def forward(self, x, needs=None):
+            return {"logits": t}
 
     import train_kd
 
     # the mission's command: train_kd.py --kd_method response --temperature 4 --alpha 0.3
     args = train_kd.get_args_parser().parse_args(["--kd_method", "response", "--temperature", "4", "--alpha", "0.3"])
-    out = build_loss(["response"], Fixed(), None, args)(None, s, y)
+    out = build_loss(["response"], Fixed(), None, args)(None, {"logits": s}, y)
     want = 0.3 * original.response_kd(s, t, 4.0) + 0.7 * F.cross_entropy(s, y, ignore_index=255)
     assert abs(out["loss"].item() - want.item()) / want.item() < 1e-6
 

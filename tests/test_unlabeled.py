@@ -103,7 +103,7 @@ def test_unlabelled_images_never_reach_the_cross_entropy_and_the_teacher_sees_th
 
     def ce(self, images, outputs, targets):
         out = ce_forward(self, images, outputs, targets)
-        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        logits = outputs["logits"]
         labelled = (targets != 255).flatten(1).any(1)
         seen["targets"].append(targets.clone())
         seen["ce"].append(out["loss"].item())
@@ -137,14 +137,14 @@ def test_weights_at_zero_bring_no_gradient_from_unlabelled_images(setup, tmp_pat
     import losses
 
     class Teacher(torch.nn.Module):
-        def forward(self, x, need=("logits",)):
-            return (torch.randn(x.shape[0], 5, 4, 4),)
+        def forward(self, x, needs=None):
+            return {"logits": torch.randn(x.shape[0], 5, 4, 4)}
 
     loss = losses.DistillationLoss(Teacher(), {"response": losses.ResponseKD(0.0)}, w_ce=1.0)
     logits = torch.randn(4, 5, 4, 4, requires_grad=True)
     targets = torch.randint(0, 5, (4, 4, 4))
     targets[2:] = 255  # the two unlabelled images
-    loss(None, logits, targets)["loss"].backward()
+    loss(None, {"logits": logits}, targets)["loss"].backward()
     assert (logits.grad[2:] == 0).all() and (logits.grad[:2] != 0).any()
 
 
