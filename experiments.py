@@ -30,8 +30,9 @@ import utils
 from configs import PRESETS, UNLABELED
 
 SPLITS = {"val": ({}, {}), "dev": ({"train_split": "train_no_dev"}, {"val_split": "dev"})}  # (train, val) flags
-LEGACY_MODES = {"regular": "scratch"}
-TEST_MODES = {"teacher": "teacher", "scratch": "regular", "response": "response", "feature": "feature"}  # test.py's  # --modes names of the four-row table that became method names
+LEGACY_MODES = {"regular": "scratch"}  # --modes names of the four-row table that became method names
+# test.py's --training_mode of a run's method: it picks the teacher's loader; every other row is the `light` student
+TEST_MODES = {"teacher": "teacher", "scratch": "regular", "response": "response", "feature": "feature"}
 
 
 def get_args_parser():

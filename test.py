@@ -9,7 +9,8 @@ Prints mIoU with the ignore label (255) excluded, pixel accuracy, a per-class Io
 time per image (device synchronised around every forward pass; the first batch is warm-up). results.csv columns:
   mIoU_with_ignore     the standard mIoU: pixels labelled 255 are excluded (use this one)
   mIoU_without_ignore  the original project's computation, 255 clamped into the last class (to compare tables)
-Pictures image | ground truth | prediction go to --vis_dir (default visualizations/).
+Pictures image | ground truth | prediction go to --vis_dir (default visualizations/), named RUN_N.png (RUN: --run_name,
+else the mode).
 """
 import argparse
 import datetime
@@ -107,7 +108,8 @@ def main(args):
     print(f"pixel accuracy (255 excluded):  {res['pixel_acc']:.4f}")
     print(f"inference time: {ms:.2f} ms/image (batch {args.batch_size})")
 
-    row = {"training_mode": args.training_mode, "run": args.run_name or args.training_mode,
+    run = args.run_name or args.training_mode
+    row = {"training_mode": args.training_mode, "run": run,
            "mIoU_with_ignore": f"{res['miou']:.4f}",
            "mIoU_without_ignore": f"{res['miou_clamped']:.4f}", "avg_inference_time_ms": f"{ms:.3f}",
            "pixel_accuracy": f"{res['pixel_acc']:.4f}", "model": description, "dataset": info.name,
@@ -120,9 +122,9 @@ def main(args):
         os.makedirs(args.vis_dir, exist_ok=True)
         for start in range(0, min(args.num_vis, len(val_set)), 4):
             save_predictions(model, val_set, device, info,
-                             os.path.join(args.vis_dir, f"{args.training_mode}_{start // 4}.png"),
+                             os.path.join(args.vis_dir, f"{run}_{start // 4}.png"),
                              range(start, min(start + 4, args.num_vis, len(val_set))), args.channels_last,
-                             title=f"{args.training_mode}: {description}")
+                             title=f"{run}: {description}")
         print(f"pictures in {args.vis_dir}/")
     return res | {"avg_inference_time_ms": ms}
 
