@@ -1,6 +1,6 @@
 """Semi-supervised pieces (semi.py, issue 36): pseudo labels against a hand computation, masked pixels without
-gradient, weak and strong views of one geometric draw (and the loop handing the weak one to the teacher), and the
-flag combinations refused by name."""
+gradient, weak and strong views of one geometric draw (and the loop handing the weak one to the teacher), the
+EMA teacher's update by hand, its resume, and the flag combinations refused by name."""
 import json
 
 import numpy as np
@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import engine
 import model
 import semi
 import train_kd
@@ -132,8 +133,86 @@ def test_the_teacher_answers_the_weak_view_and_the_student_learns_on_the_strong_
     (["--unlabeled_views", "weak_strong"], "--unlabeled_views weak_strong makes views of the unlabelled images"),
     (["--unlabeled", "x", "--strong_cutout", "0.5"], "--strong_cutout 0.5 masks the strong view"),
     (["--kd_method", "cwd,pseudo"], "--kd_method pseudo learns from unlabelled images only"),
-], ids=["views", "cutout", "pseudo"])
+    (["--ema_teacher", "0.99", "--model_name", "best"], "--model_name best but --teacher_arch light"),
+    (["--ema_init", "student"], "--ema_init student says where an EMA teacher starts"),
+], ids=["views", "cutout", "pseudo", "ema_arch", "ema_init"])
 def test_bad_combinations_stop_before_any_data_naming_the_flags(setup, tmp_path, flags, message):
     with pytest.raises(utils.UserError, match=message):
         train_kd.main(args_for(setup, tmp_path / "w", *flags))
     assert not (tmp_path / "w").exists()
+
+
+# --------------------------------------------------------------------------- the EMA teacher
+def small_net():
+    return nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+
+
+def test_ema_update_equals_a_hand_computation_over_two_steps():
+    torch.manual_seed(0)
+    teacher, student = small_net().eval().requires_grad_(False), small_net()
+    t0 = {k: v.double().clone() for k, v in teacher.state_dict().items()}
+    ema, d, s = semi.MeanTeacherEMA(0.9), 0.9, []
+    for _ in range(2):
+        with torch.no_grad():  # a "step" of the student: new weights and BatchNorm statistics
+            for v in student.state_dict().values():
+                v.copy_(torch.randn_like(v.float()).abs().to(v.dtype) + (1 if v.dtype == torch.long else 0))
+        s.append({k: v.double().clone() for k, v in student.state_dict().items()})
+        ema.step(teacher, student)
+    for k, v in teacher.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            assert v.item() == s[1][k].item()  # copied
+        else:
+            want = d * (d * t0[k] + (1 - d) * s[0][k]) + (1 - d) * s[1][k]
+            torch.testing.assert_close(v.double(), want, rtol=1e-6, atol=1e-7)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_ema_teacher_trains_outside_the_optimizer_and_starts_where_asked(setup, tmp_path):
+    args = args_for(setup, tmp_path / "w", "--ema_teacher", "0.5", "--ema_init", "student", "--kd_method", "response")
+    torch.manual_seed(0)
+    student = model.build_model("light", 21)
+    loss = train_kd.build_criterion(args, student, VOC, torch.device("cpu"))
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in loss.teacher.net.state_dict().items())
+    assert loss.carried() is loss.teacher and loss.trainable() is None
+    state, _ = engine.prepare(args, student, loss, 1, torch.device("cpu"))
+    in_optimizer = {id(p) for g in state.optimizer.param_groups for p in g["params"]}
+    assert not in_optimizer & {id(p) for p in loss.teacher.parameters()}
+
+
+def test_ema_teacher_resume_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch):
+    flags = ["--epochs", "2", "--ema_teacher", "0.9", "--kd_method", "response,pseudo", "--unlabeled",
+             "split:train_large", "--unlabeled_views", "weak_strong"]
+    train_kd.main(args_for(setup, tmp_path / "a", *flags))
+    write_epoch = engine.write_epoch
+
+    def stop_after_first(state, *a, **k):
+        write_epoch(state, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "write_epoch", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_kd.main(args_for(setup, tmp_path / "b", *flags))
+    monkeypatch.setattr(engine, "write_epoch", write_epoch)
+    train_kd.main(args_for(setup, tmp_path / "b", *flags, "--resume", "auto"))
+    a, b = (torch.load(tmp_path / r / "response_pseudo_last.pth", weights_only=True) for r in "ab")
+    assert set(a["carried"]) == set(model.build_model("light", 21).state_dict())
+    for part in ("model", "carried"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    teacher = torch.load(setup["teacher"], weights_only=True)
+    assert not torch.equal(a["carried"]["classifier.weight"], teacher["classifier.weight"])  # it moved
+    assert a["history"][-1]["val_miou"] == b["history"][-1]["val_miou"]
+
+
+def test_every_method_at_once_with_both_views_and_an_ema_teacher(setup, tmp_path):
+    """Every registered method in one run, with weak and strong views, cutout and an EMA teacher: one epoch, every
+    part logged and finite (the methods meet the new pieces only through the loss's contract)."""
+    from losses import METHODS
+
+    result = train_kd.main(args_for(setup, tmp_path / "w", "--epochs", "1", "--kd_method", ",".join(METHODS),
+                                    "--mgd_hidden", "8", "--unlabeled", "split:train_large", "--unlabeled_batch", "2",
+                                    "--geometric", "--unlabeled_views", "weak_strong", "--strong_cutout", "1",
+                                    "--ema_teacher", "0.9", "--run_name", "all"))
+    log = json.loads((tmp_path / "w" / "all_log.jsonl").read_text().splitlines()[0])
+    assert {f"train_{cls.part}" for cls in METHODS.values()} <= log.keys()
+    assert all(np.isfinite(v) for v in log.values())
+    assert result["criterion"].carried() is result["criterion"].teacher
