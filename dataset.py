@@ -126,6 +126,24 @@ def _colour_ops(augment):
     return None
 
 
+def strong_colour_ops(cutout=0.0):
+    """The strong view of an unlabelled image (train_kd.py --unlabeled_views weak_strong): UniMatch's photometric
+    recipe (Yang et al., CVPR 2023, its dataset/transform.py: colour jitter 0.5/0.5/0.5/0.25 with p 0.8, grayscale
+    with p 0.2, a Gaussian blur with p 0.5), stronger than --augment strong in hue, grayscale and blur; then, with
+    probability `cutout`, one box of 2-40% of the image (aspect 0.3-3.3, UniMatch's CutMix box) set to mid grey:
+    FixMatch's Cutout (Sohn et al., NeurIPS 2020). Colour and cutout only: the geometry is the weak view's."""
+    ops = [v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, 0.25)], p=0.8), v2.RandomGrayscale(p=0.2),
+           v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.5)]
+    if cutout > 0:
+        ops.append(v2.RandomErasing(p=cutout, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=128))
+    return v2.Compose(ops)
+
+
+def to_input(image):
+    """A uint8 (3, H, W) image -> the networks' input: float, normalised by MEAN and STD, a plain tensor."""
+    return F.normalize(F.to_dtype(image, torch.float32, scale=True), MEAN, STD).as_subclass(torch.Tensor)
+
+
 def _open(path, what):
     # PIL reads lazily, so a truncated file only fails at load(): keep load() inside the try.
     try:
@@ -212,6 +230,11 @@ class SegmentationDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index):
+        image, mask = self._augmented(index)
+        return to_input(image), mask[0].long().as_subclass(torch.Tensor)
+
+    def _augmented(self, index):
+        """The cached pair of `index` (an int, or (int, seed)) after _augment (train only), drawn under the seed."""
         seed = None
         if isinstance(index, (tuple, list)):
             index, seed = index
@@ -228,8 +251,7 @@ class SegmentationDataset(Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(int(seed))
                     image, mask = self._augment(image, mask)
-        image = F.normalize(F.to_dtype(image, torch.float32, scale=True), MEAN, STD)
-        return image.as_subclass(torch.Tensor), mask[0].long().as_subclass(torch.Tensor)
+        return image, mask
 
     def _augment(self, image, mask):
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)

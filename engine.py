@@ -132,19 +132,25 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, *, autoc
     autocast = autocast or nullcontext()
     scaler = scaler or torch.amp.GradScaler(enabled=False)
     sums, count = {}, 0
+    # what the loss moves outside the optimizer after a step (losses.Loss.after_step); a loss of one's own may lack it
+    after_step = getattr(criterion, "after_step", None)
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not (progress and utils.is_main()),
                dynamic_ncols=True)
-    for step, (images, targets) in enumerate(bar):
+    for step, (images, targets, *teacher_view) in enumerate(bar):
         images, targets = to_device(images, targets, device, channels_last)
+        # A loader may give the teacher a view of its own (--unlabeled_views weak_strong): handed to the loss as it is
+        view = {"teacher_images": to_device(teacher_view[0], targets, device, channels_last)[0]} if teacher_view else {}
         with autocast:
             outputs = model(images, needs=criterion.needs)  # {name: output}: model.py's forward convention
-            losses = criterion(images, outputs, targets)
+            losses = criterion(images, outputs, targets, **view)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
         scaler.step(optimizer)
         scaler.update()
         if scheduler_step is not None:
             scheduler_step()
+        if after_step is not None:
+            after_step(model)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float()
         count += 1
@@ -321,8 +327,9 @@ class TrainState:
     """Everything a run carries from one epoch to the next (torch.distributed.checkpoint's "Stateful"): the network,
     the loss's trainable parts, optimizer, scheduler, scaler, early stopping, history and the RNG states."""
 
-    def __init__(self, model, extra, optimizer, scheduler, scaler, args):
+    def __init__(self, model, extra, optimizer, scheduler, scaler, args, carried=None):
         self.model, self.extra, self.optimizer, self.scheduler, self.scaler = model, extra, optimizer, scheduler, scaler
+        self.carried = carried  # the loss's state outside the optimizer (an EMA teacher), or None
         self.monitor, self.delta, self.patience, self.epochs = args.monitor, args.delta, args.patience, args.epochs
         self.epoch = -1  # the last finished epoch
         self.best = -math.inf  # the best --monitor value so far as a score, higher is better (minus the loss)
@@ -331,6 +338,7 @@ class TrainState:
 
     def state_dict(self):
         return {
+            **({"carried": self.carried.state_dict()} if self.carried is not None else {}),
             "model": self.model.state_dict(),
             "criterion": self.extra.state_dict() if self.extra is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -355,6 +363,11 @@ class TrainState:
                 raise utils.CheckpointError(
                     f"{path} holds no state for this loss's trainable parts (written by another loss or an older "
                     "version of this repo); start afresh without --resume") from None
+        if self.carried is not None:
+            if "carried" not in sd:
+                raise utils.CheckpointError(f"{path} holds none of the loss's state outside the optimizer (written "
+                                            "without --ema_teacher?); start afresh without --resume")
+            self.carried.load_state_dict(sd["carried"])
         self.optimizer.load_state_dict(sd["optimizer"])
         if self.scheduler is not None and sd.get("lr_scheduler"):
             self.scheduler.load_state_dict(sd["lr_scheduler"])
@@ -509,7 +522,7 @@ def prepare(args, model, criterion, steps_per_epoch, device):
     optimizer = build_optimizer(args, list(model.parameters()) + (list(extra.parameters()) if extra else []))
     autocast, scaler = make_autocast(device, args.amp)
     scheduler = build_scheduler(args, optimizer, steps_per_epoch)
-    return TrainState(model, extra, optimizer, scheduler, scaler, args), autocast
+    return TrainState(model, extra, optimizer, scheduler, scaler, args, criterion.carried()), autocast
 
 
 def resume(state, args, last_path, info, may_change):

@@ -5,12 +5,17 @@ The contract between a loss and engine.py (DeiT's DistillationLoss: distillation
                         "features" (its feature maps), "logits8" (its stride-8 logits before upsampling); the engine
                         calls model(images, needs=loss.needs) and hands over the answer, {name: output} (model.py's
                         forward convention)
-  forward(images, outputs, targets) -> {"loss": total, <part>: detached value, ...}; the engine logs every part
+  forward(images, outputs, targets, teacher_images=None) -> {"loss": total, <part>: detached value, ...}; the engine
+                        logs every part; teacher_images: the teacher's own view of the batch when the loader gives
+                        one (unlabeled.py, --unlabeled_views weak_strong), else the teacher sees `images`
   trainable()           an nn.Module of what the loss trains beside the network (alignment convs ...) or None: the
                         engine adds its parameters to the optimizer and saves them in RUN_last.pth (never in
                         RUN_best.pth, which holds the network alone)
   wrap_trainable(wrap)  called once under DDP with wrap(module) -> DDP(module), so the gradients of those parts are
                         averaged across processes
+  after_step(model)     called after every optimizer step (an EMA teacher follows the student there: semi.py)
+  carried()             an nn.Module whose state moves outside the optimizer (an EMA teacher) or None: saved in
+                        RUN_last.pth beside the trainable parts and restored by --resume
 
 A distillation method is one class here, registered with @register. It declares
   name       its --kd_method name;                 part   its log key (train_<part> in RUN_log.jsonl)
@@ -21,6 +26,9 @@ A distillation method is one class here, registered with @register. It declares
              (Method.__init__ sets self.<param> from the Flag list); two methods may share a Flag object (response
              and feature share --alpha and --kd_reduction)
   weighs_ce  True for the original's two: the method is weighted alpha and the cross-entropy 1 - alpha
+  reads_targets  True: term also takes the batch's masks, term(student_side, teacher_side, targets) (semi.py's
+             pseudo labels find the unlabelled images there: their masks are all ignore)
+  unlabeled_only True: the method learns from --unlabeled images alone (train_kd.py refuses it without them)
 and implements term(student_side, teacher_side) -> a float32 scalar and, when it reads the networks' widths or trains
 something beside the student, an __init__ that takes them first, a from_args(args, student, teacher) that passes them,
 and trainable() / wrap_trainable(). train_kd.py builds its flags, their checks, its help and its list of methods from
@@ -97,6 +105,12 @@ class Loss(nn.Module):
     def wrap_trainable(self, wrap):  # noqa: ARG002 - nothing to wrap by default
         return None
 
+    def after_step(self, model):  # noqa: ARG002 - nothing follows the student by default
+        return None
+
+    def carried(self):
+        return None
+
 
 class Method(Loss):
     """One distillation method (see the module docstring): weight * term(student_side, teacher_side).
@@ -106,7 +120,7 @@ class Method(Loss):
 
     name, part, summary = "", "", ""
     flags = ()
-    weighs_ce = False
+    weighs_ce = reads_targets = unlabeled_only = False
 
     def __init__(self, *values, **params):
         super().__init__()
@@ -176,7 +190,7 @@ class SegmentationLoss(Loss):
 
     needs = frozenset({"logits"})
 
-    def forward(self, images, outputs, targets):
+    def forward(self, images, outputs, targets, teacher_images=None):  # noqa: ARG002 - the contract's arguments
         return {"loss": F.cross_entropy(outputs["logits"].float(), targets, ignore_index=self.ignore_index)}
 
 
@@ -463,7 +477,10 @@ class DistillationLoss(Loss):
 
     methods: {name: Method}. Returns {"loss", "ce", <each method's part>}. A method weighted 0 is not computed (its
     part is logged as 0), and when every method is, the teacher is not run: the cross-entropy run exactly.
-    trainable(): every method's trainable part, by method name."""
+    trainable(): every method's trainable part, by method name. ema: None, or what moves the teacher after every
+    optimizer step, ema.step(teacher, student) (semi.MeanTeacherEMA); the teacher is then this loss's carried()."""
+
+    ema = None
 
     def __init__(self, teacher, methods, w_ce=1.0, ignore_index=255):
         super().__init__()
@@ -482,21 +499,29 @@ class DistillationLoss(Loss):
         for m in self.methods.values():  # one DDP wrapper per part, each called once per step
             m.wrap_trainable(wrap)
 
+    def after_step(self, model):
+        if self.ema is not None:
+            self.ema.step(self.teacher, model)
+
+    def carried(self):
+        return self.teacher if self.ema is not None else None
+
     @staticmethod
     def _side(outputs, needs):
         return outputs[next(iter(needs))] if len(needs) == 1 else {n: outputs[n] for n in needs}
 
-    def forward(self, images, outputs, targets):
+    def forward(self, images, outputs, targets, teacher_images=None):
         active = [m for m in self.methods.values() if m.weight != 0]
         asked = tuple(n for n in OUTPUTS if any(n in m.needs for m in active))
-        teacher = self.teacher(images, needs=asked) if asked else {}
+        teacher = self.teacher(images if teacher_images is None else teacher_images, needs=asked) if asked else {}
         ce = self.ce(images, outputs, targets)["loss"]
         total, parts = self.w_ce * ce, {"ce": ce.detach()}
         for m in self.methods.values():
             if m.weight == 0:
                 parts[m.part] = torch.zeros_like(ce)
                 continue
-            value = m.term(self._side(outputs, m.needs), self._side(teacher, m.needs))
+            sides = self._side(outputs, m.needs), self._side(teacher, m.needs)
+            value = m.term(*sides, targets) if m.reads_targets else m.term(*sides)
             total = total + m.weight * value
             parts[m.part] = value.detach()
         return {"loss": total, **parts}

@@ -5,6 +5,7 @@
     python train_kd.py --kd_method response,cwd                      # -> SAVE_DIR/response_cwd_*
     python train_kd.py --kd_method cwd,mgd --w_cwd 3 --cwd_tau 4     # each method: a weight flag and its parameters
     python train_kd.py --kd_method feature --root_dir data/synthetic --epochs 2 --img_size 64 --batch_size 8
+    python train_kd.py --kd_method cwd,pseudo --unlabeled split:train --unlabeled_views weak_strong   # semi.py
     torchrun --nproc_per_node=4 train_kd.py --kd_method feature --amp        # 1 machine x 4 GPUs
 
 The methods, their flags and their help come from losses.py's registry (METHODS): `python train_kd.py -h` lists
@@ -24,6 +25,7 @@ import torch
 
 import engine
 import losses
+import semi  # registers the pseudo-label method into losses.METHODS; the EMA teacher, the flags' checks
 import train
 import unlabeled
 import utils
@@ -63,6 +65,20 @@ def get_args_parser():
                         "--dataset, its masks ignored): they bring the distillation terms only")
     u.add_argument("--unlabeled_batch", type=int, default=None,
                    help="unlabelled images appended to every step's labelled batch (default: --batch_size)")
+    u.add_argument("--unlabeled_views", default="same", choices=unlabeled.VIEWS,
+                   help="same: teacher and student see one augmented view of an unlabelled image; weak_strong: the "
+                        "teacher its geometric transform alone, the student that geometry plus strong colour "
+                        "(FixMatch, UniMatch; docs/unlabeled.md)")
+    u.add_argument("--strong_cutout", type=float, default=0.0, metavar="P",
+                   help="weak_strong: with probability P a grey box (2-40%% of the image) in the strong view "
+                        "(FixMatch's Cutout); 0: none")
+    e = p.add_argument_group("a teacher that keeps learning (semi.py)")
+    e.add_argument("--ema_teacher", type=float, default=0.0, metavar="DECAY",
+                   help="after every step, teacher = DECAY * teacher + (1 - DECAY) * student (Mean Teacher; "
+                        "--teacher_arch must be the student's architecture); 0: a frozen teacher")
+    e.add_argument("--ema_init", default="weights", choices=semi.EMA_INITS,
+                   help="where an EMA teacher starts: the teacher's weights (--teacher_weights ...) or the "
+                        "student's initial weights")
     # The original train_kd.py: AdamW, a stronger photometric augmentation, and schedule/early stopping/best
     # checkpoint on val mIoU (its train.py watched val loss).
     p.set_defaults(optimizer="adamw", augment="kd", monitor="miou")
@@ -72,7 +88,9 @@ def get_args_parser():
 def rules():
     """The checks of the methods' flags, as engine.check_args takes them."""
     return [(f.name, f.check, f.why) for f in losses.all_flags().values() if f.check is not None] + [
-        ("unlabeled_batch", lambda v: v is None or v >= 1, "must be at least 1")]
+        ("unlabeled_batch", lambda v: v is None or v >= 1, "must be at least 1"),
+        ("strong_cutout", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        ("ema_teacher", lambda v: 0 <= v < 1, "must be in [0, 1) (0: off)")]
 
 
 def add_unlabeled(args, data, criterion):
@@ -94,11 +112,15 @@ def build_criterion(args, student, info, device):
     teacher network, the init of its trainable parts) stays off the global stream, so a loss whose terms are
     weighted 0 replays the cross-entropy run exactly."""
     with torch.random.fork_rng(devices=[]):
-        teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir,
-                                       device)
+        if args.ema_teacher:
+            teacher, source = semi.ema_teacher(args, student, info.num_classes, device)
+        else:
+            teacher, source = load_teacher(args.teacher_arch, info.num_classes, args.teacher_weights, args.save_dir,
+                                           device)
         if args.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         loss = losses.build_loss(args.kd_method.split(","), teacher, student, args, info.ignore_index)
+        loss.ema = semi.MeanTeacherEMA(args.ema_teacher) if args.ema_teacher else None
     if utils.is_main():
         print(f"teacher: {args.teacher_arch} from {source}")
         print("loss: " + " + ".join([f"{loss.w_ce:g} ce"] + [f"{m.weight:g} {m.part}" for m in loss.methods.values()]))
@@ -107,6 +129,7 @@ def build_criterion(args, student, info, device):
 
 def main(args):
     train.check_names(args)
+    semi.check_flags(args)
     with engine.session(args) as device:
         data = engine.build_data(args, device)
         model, meta = train.build_network(args, data.info.num_classes)

@@ -11,8 +11,14 @@ labelled-only run does, and appends --unlabeled_batch unlabelled images (default
 steps, "an epoch" (one pass over the labelled images) and "the last epoch" mean what they mean without
 --unlabeled; a step sees batch_size + unlabeled_batch images. The unlabelled images are drawn as one endless
 stream of shuffled passes whose position depends only on (seed, epoch, step), so a resumed run draws exactly what an
-uninterrupted one would; under DDP each process takes every world-th draw. The student and the teacher see the same
-augmented view of every image (one batch, one forward each).
+uninterrupted one would; under DDP each process takes every world-th draw.
+
+Views (--unlabeled_views). `same` (the default): the student and the teacher see the same augmented view of every
+image (one batch, one forward each). `weak_strong` (FixMatch, Sohn et al., NeurIPS 2020; UniMatch, Yang et al., CVPR
+2023): an unlabelled image is drawn once through the geometric transform (--geometric; none without it), the weak
+view, which the teacher answers; the student learns on the strong view, that same geometry followed by
+dataset.strong_colour_ops (colour, and with --strong_cutout P a grey box): the two views' pixels align. MixedLoader
+then yields (student images, targets, teacher images); a labelled image is the same in both batches.
 """
 import hashlib
 import os
@@ -22,7 +28,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
-from dataset import DatasetError, SegmentationDataset, build_dataset
+from dataset import DatasetError, SegmentationDataset, build_dataset, strong_colour_ops, to_input
+
+VIEWS = ("same", "weak_strong")  # --unlabeled_views (the module docstring)
 
 
 class UnreadableImage(Exception):
@@ -73,12 +81,19 @@ def _sha256(path):
 
 
 class UnlabeledImages(SegmentationDataset):
-    """Images without masks, as (image, all-ignore mask) pairs with the labelled set's augmentation. Every file is
-    decoded once at construction (into the cache): unreadable ones are named on stdout and left out (`skipped`)."""
+    """Images without masks, as (image, all-ignore mask) pairs with the labelled set's augmentation, or with
+    views="weak_strong" as (strong view, all-ignore mask, weak view) of one geometric draw (the module docstring).
+    Every file is decoded once at construction (into the cache): unreadable ones are named on stdout and left out
+    (`skipped`)."""
 
-    def __init__(self, info, files, img_size, augment="none", geometric=False):
+    def __init__(self, info, files, img_size, augment="none", geometric=False, views="same", cutout=0.0):
+        if views not in VIEWS:
+            raise DatasetError(f"--unlabeled_views {views}: choose one of {', '.join(VIEWS)}")
         super().__init__(info, [(f, None) for f in files], img_size, train=True, augment=augment,
                          geometric=geometric, cache=True)
+        self._strong = None
+        if views == "weak_strong":  # the weak view is the geometry alone; the strong one adds its own colour
+            self._colour, self._strong = None, strong_colour_ops(cutout)
         kept, self.skipped = [], []
         for path in files:
             try:
@@ -102,6 +117,17 @@ class UnlabeledImages(SegmentationDataset):
     def _decode(self, image_path, mask_path):  # noqa: ARG002 - every image was read (and cached) at construction
         return self._read(image_path)
 
+    def _augment(self, image, mask):
+        """weak_strong: the geometry once, then the strong colour on a copy, under the same seed (one draw)."""
+        image, mask = super()._augment(image, mask)
+        return image if self._strong is None else (image, self._strong(image.clone())), mask
+
+    def __getitem__(self, index):
+        if self._strong is None:
+            return super().__getitem__(index)
+        (weak, strong), mask = self._augmented(index)
+        return to_input(strong), mask[0].long().as_subclass(torch.Tensor), to_input(weak)
+
 
 def build_unlabeled(args, info, val_set):
     """The pool of --unlabeled, checked against the scored split for leakage; prints what it will use."""
@@ -118,7 +144,8 @@ def build_unlabeled(args, info, val_set):
         raise DatasetError(f"--unlabeled {source}: {len(leaks)} file(s) are byte-identical to images of the split "
                            f"being scored, first {leaks[0][0]} = {leaks[0][1]}; remove them (distilling on the "
                            "scored images would leak them into the result)")
-    images = UnlabeledImages(info, files, args.img_size, augment=args.augment, geometric=args.geometric)
+    images = UnlabeledImages(info, files, args.img_size, augment=args.augment, geometric=args.geometric,
+                             views=args.unlabeled_views, cutout=args.strong_cutout)
     if len(images) == 0:
         raise DatasetError(f"--unlabeled {source}: none of its {len(files)} files could be read as an image")
     print(f"unlabeled: {len(images)} images from {source}" + (f", {len(images.skipped)} unreadable file(s) "
@@ -128,7 +155,8 @@ def build_unlabeled(args, info, val_set):
 
 class MixedLoader:
     """The train loader with `per_step` unlabelled images appended to every batch (see the module docstring). It
-    has the train loader's length and sampler (the engine sets the epoch on it)."""
+    has the train loader's length and sampler (the engine sets the epoch on it). With two views, a batch is
+    (student images, targets, teacher images): the labelled images in both, then the strong, resp. weak, views."""
 
     def __init__(self, loader, unlabeled, per_step, seed, rank=0, world=1):
         self.loader, self.unlabeled, self.per_step = loader, unlabeled, per_step
@@ -155,5 +183,6 @@ class MixedLoader:
         extra = DataLoader(self.unlabeled, batch_size=self.per_step, sampler=self.draws(self.sampler.epoch),
                            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                            generator=torch.Generator().manual_seed(self.seed))  # the global RNG stays put
-        for (images, targets), (more, none) in zip(loader, extra):
-            yield torch.cat([images, more]), torch.cat([targets, none])
+        for (images, targets), (more, none, *weak) in zip(loader, extra):
+            batch = torch.cat([images, more]), torch.cat([targets, none])
+            yield (*batch, torch.cat([images, weak[0]])) if weak else batch

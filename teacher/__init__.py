@@ -114,9 +114,10 @@ def resolve_teacher_weights(arch, num_classes, teacher_weights=None, save_dir="w
         ) from None
 
 
-def load_teacher(arch="fcn_resnet50", num_classes=21, teacher_weights=None, save_dir="weights", device="cpu"):
+def load_teacher(arch="fcn_resnet50", num_classes=21, teacher_weights=None, save_dir="weights", device="cpu",
+                 winograd=True):
     """Build the teacher (model.py's registry), load its weights and freeze it. Returns (FrozenTeacher,
-    description of the weights)."""
+    description of the weights). winograd=False for a teacher whose weights will move (semi.py's EMA teacher)."""
     sd, source = resolve_teacher_weights(arch, num_classes, teacher_weights, save_dir)
     net = build_model("teacher", num_classes, teacher_arch=arch)
     try:
@@ -127,4 +128,4 @@ def load_teacher(arch="fcn_resnet50", num_classes=21, teacher_weights=None, save
             f"({str(e).splitlines()[0][:160]}...). Pass the matching --teacher_arch, or weights trained for "
             "this dataset."
         ) from None
-    return FrozenTeacher(net).to(device), source
+    return FrozenTeacher(net, winograd).to(device), source

@@ -82,3 +82,26 @@ def kill_after_first_epoch(args, cwd, save_dir, run):
     last = torch.load(os.path.join(save_dir, f"{run}_last.pth"), weights_only=True)
     assert not last["finished"], "the run ended before it was killed: nothing was tested"
     return last
+
+
+def spy_on_inputs(monkeypatch):
+    """Record what the networks are given: every training forward of the light student and every teacher forward
+    (teacher.FrozenTeacher). Returns {"student": [inputs], "teacher": [inputs]}, filled as the run goes."""
+    import model
+    from teacher import FrozenTeacher
+
+    seen = {"student": [], "teacher": []}
+    student_forward, teacher_forward = model.LightSegNet.forward, FrozenTeacher.forward
+
+    def student(self, x, *a, **k):
+        if self.training:
+            seen["student"].append(x.detach().clone())
+        return student_forward(self, x, *a, **k)
+
+    def teacher(self, x, *a, **k):
+        seen["teacher"].append(x.detach().clone())
+        return teacher_forward(self, x, *a, **k)
+
+    monkeypatch.setattr(model.LightSegNet, "forward", student)
+    monkeypatch.setattr(FrozenTeacher, "forward", teacher)
+    return seen

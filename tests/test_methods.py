@@ -277,7 +277,7 @@ def test_weights_zero_skip_the_teacher_and_replay_cross_entropy():
     teacher, student = frozen("light"), build_model("light", 5)
     calls = []
     teacher.forward = lambda *a, **k: calls.append(k) or pytest.fail("teacher ran")
-    zero = [f"--{f}" for f in ("alpha", "w_cwd", "w_dist", "w_at", "w_affinity", "w_mgd")]
+    zero = [f"--{f}" for f in ("alpha", "w_cwd", "w_dist", "w_at", "w_affinity", "w_mgd", "w_pseudo")]
     loss = all_methods(teacher, student, *[v for flag in zero for v in (flag, "0")])
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
     outputs = student(x, needs=loss.needs)

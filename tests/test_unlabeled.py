@@ -15,7 +15,7 @@ import model
 import train_kd
 import unlabeled
 import utils
-from conftest import ROOT, kill_after_first_epoch, run_cli
+from conftest import ROOT, kill_after_first_epoch, run_cli, spy_on_inputs
 from dataset import make_synthetic_voc
 
 SMALL = ["--img_size", "32", "--batch_size", "2", "--num_workers", "0", "--no_progress", "--num_vis", "0",
@@ -84,22 +84,10 @@ def test_unlabelled_images_never_reach_the_cross_entropy_and_the_teacher_sees_th
     """Every step of a run with --unlabeled: the teacher's input is the student's input, the batch holds the
     labelled images and the unlabelled ones, and the CE logged equals the CE of the labelled images alone
     (computed here from the student's logits of that step)."""
-    from teacher import FrozenTeacher
-
-    seen = {"student": [], "teacher": [], "targets": [], "ce": [], "labelled_ce": []}
-    student_forward, teacher_forward = model.LightSegNet.forward, FrozenTeacher.forward
     import losses
 
+    seen = {**spy_on_inputs(monkeypatch), "targets": [], "ce": [], "labelled_ce": []}
     ce_forward = losses.SegmentationLoss.forward
-
-    def student(self, x, *a, **k):
-        if self.training:
-            seen["student"].append(x.detach().clone())
-        return student_forward(self, x, *a, **k)
-
-    def teacher(self, x, *a, **k):
-        seen["teacher"].append(x.detach().clone())
-        return teacher_forward(self, x, *a, **k)
 
     def ce(self, images, outputs, targets):
         out = ce_forward(self, images, outputs, targets)
@@ -111,8 +99,6 @@ def test_unlabelled_images_never_reach_the_cross_entropy_and_the_teacher_sees_th
                                                    ignore_index=255).item())
         return out
 
-    monkeypatch.setattr(model.LightSegNet, "forward", student)
-    monkeypatch.setattr(FrozenTeacher, "forward", teacher)
     monkeypatch.setattr(losses.SegmentationLoss, "forward", ce)
     train_kd.main(args_for(setup, tmp_path / "w", "--epochs", "1", "--kd_method", "response,feature",
                            "--unlabeled", "split:train_large", "--unlabeled_batch", "3", "--geometric"))
