@@ -7,8 +7,9 @@ teacher's and the students' recipes as flag mappings (`{"epochs": 12, "geometric
 '@u' row), `methods` (the rows after scratch), `chosen_on` (which split chose each value, printed under the seeded
 table) and `note` (printed under the demo's table). experiments.py merges them, once per run, in one stated order.
 """
-from . import camvid, camvid_few, demo
+from . import camvid, camvid_few, camvid_few_full_teacher, demo
 
-PRESETS = {"demo": demo.PRESET, "camvid": camvid.PRESET, "camvid_few": camvid_few.PRESET}
+PRESETS = {"demo": demo.PRESET, "camvid": camvid.PRESET, "camvid_few": camvid_few.PRESET,
+           "camvid_few_full_teacher": camvid_few_full_teacher.PRESET}
 
 UNLABELED = "@u"  # a method name's suffix: the run also takes the preset's `unlabeled` images
