@@ -2,6 +2,7 @@
 included, learns from a mask outside the labelled quarter; every student row but scratch_all_b8 takes the same steps
 and images a step; the table counts each row's masks and its share of the label gap."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +10,10 @@ from PIL import Image
 
 import experiments
 import reports
+from conftest import ROOT, cli_env
+
+SPY = os.path.join(ROOT, "tests", "mask_spy")  # its sitecustomize.py records every mask a script decodes
+
 
 def write_frames(root, sequences, size=(32, 32), seed=0):
     """A SegNet-layout CamVid folder, split -> {sequence: frames}: masks of classes 0-10 and 11 (ignored)."""
@@ -74,3 +79,45 @@ def test_label_gap_recovered_by_hand():
     reports.label_gap(table)
     got = [round(r["label_gap_recovered"], 9) for r in table]
     assert got == [0.5, 0.0, 1.0, 0.6]
+
+
+# ---- no mask outside the labelled quarter reaches a network ----------------------------------------------------------
+# "Reaches a network" is taken as: decoded (pixels, not a header) by a training process (train.py, train_kd.py): there
+# the only reader of train masks is the training set, whose decoded masks are the targets. Header pre-flights and the
+# listing of splits (experiments.py counting masks) open files without decoding them; test.py decodes val's masks.
+def spy_env(log):
+    env = cli_env()
+    return dict(env, PYTHONPATH=os.pathsep.join([SPY, env["PYTHONPATH"]]), SEGKD_MASK_SPY=str(log))
+
+
+def decoded_train_masks(log):
+    """{run: {mask paths of trainannot decoded by a training script}} from the spy's log."""
+    runs = {}
+    for line in log.read_text().splitlines():
+        script, run, path = line.split("\t")
+        if script in ("train.py", "train_kd.py") and os.path.basename(os.path.dirname(path)) == "trainannot":
+            runs.setdefault(run, set()).add(path)
+    return runs
+
+
+def test_no_mask_outside_the_labelled_quarter_reaches_a_network(tmp_path):
+    """train: 4 frames of 0001TP and 8 of 0006R0; the labelled quarter is 0001TP's first and 0006R0's first two."""
+    import subprocess
+
+    root = write_frames(tmp_path / "camvid", {"train": {"0001TP": 4, "0006R0": 8}, "val": {"0016E5": 2}})
+    quarter = {str(root / "trainannot" / name) for name in ("0001TP_00000.png", "0006R0_00000.png",
+                                                            "0006R0_00001.png")}
+    log = tmp_path / "decoded.tsv"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few",
+                           "--root_dir", str(root), "--img_size", "32", "--teacher_epochs", "1", "--student_epochs",
+                           "1", "--seeds", "0", "--methods", "response@u", "--out_dir", str(tmp_path / "out"),
+                           "--num_workers", "0", "--device", "cpu", "--jobs", "2"], cwd=tmp_path, env=spy_env(log),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = decoded_train_masks(log)
+    assert set(runs) == {"teacher", "scratch_s0", "scratch_all_s0", "scratch_all_b8_s0", "response@u_s0"}, \
+        "the spy saw no decode of some run: it would see no leak either"
+    assert len(runs["scratch_all_s0"]) == 12  # every mask, as it should: the spy sees them
+    leaks = {run: sorted(os.path.basename(p) for p in paths - quarter) for run, paths in runs.items()
+             if not run.startswith("scratch_all") and paths - quarter}
+    assert not leaks, f"masks outside the labelled quarter decoded into training targets: {leaks}"
