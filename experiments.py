@@ -4,7 +4,8 @@ budget, tested, into a Markdown/CSV table and a plot of the students' validation
     python experiments.py                          # demo: synthetic shapes, offline, minutes on 2 cores (README)
     python experiments.py --preset camvid --seeds 0,1,2   # the real-data table, on data/camvid-240x180 (README)
     python experiments.py --preset camvid --root_dir DIR --device cuda --num_workers 8
-    python experiments.py --preset camvid_few --seeds 0,1,2 --table_only   # the table from the runs' logs alone
+    python experiments.py --preset camvid_few --seeds 0,1,2   # few labels: no network sees a mask beyond a quarter
+    python experiments.py --preset camvid_few_full_teacher --seeds 0,1,2 --table_only   # from the committed logs
 
 Reads: parse, plan, run, report. The plan is a list of runs, each one value (name, method, seed, flags merged
 once from the preset of configs/, see make_plan); runner.py runs them, --jobs at a time, every student of a table at
@@ -142,31 +143,34 @@ def make_plan(args, preset, data, weights):
     """Every run's flags, merged once; a later layer wins:
     1. the script's identity (model_name, kd_method);  2. data and bookkeeping (dataset, root_dir, img_size, the
     --split's splits, save_dir, device, num_workers, patience 0, resume auto, no_progress);  3. --extra;  4. the
-    run's seed;  5. the preset's teacher or student recipe (the students also its teacher_arch);  6. the few-label
+    run's seed;  5. the preset's teacher or student recipe (the students also its teacher_arch), and the honest
+    few-label teacher's split and epochs (its labelled split, the camvid teacher's steps);  6. the few-label
     students' epochs (the camvid table's steps);  7. --teacher_epochs / --student_epochs;  8. the few-label splits
-    (labelled quarter; scratch_all's every label and steps_per_epoch);  9. the method's flags, then its unlabelled
-    images;  10. run_name, and in the seeded table the teacher's last checkpoint as --teacher_weights (no epoch picked
-    on the reported split; the one-seed table's students take train_kd.py's default, the teacher's best)."""
+    (labelled quarter; scratch_all's every label; batch and steps_per_epoch where the preset sets images per step);
+    9. the method's flags, then its unlabelled images;  10. run_name, and in the seeded table the teacher's last
+    checkpoint as --teacher_weights (no epoch picked on the reported split; the one-seed table's students take
+    train_kd.py's default, the teacher's best)."""
     seeds = [int(x) for x in (args.seeds or str(args.seed)).split(",")]
     train_split, val_split = SPLITS[args.split]
     extra = parse_extra(args.extra)
     common = {**data, **train_split, **val_split, "save_dir": weights, "device": args.device,
               "num_workers": args.num_workers, "patience": 0, "resume": "auto", "no_progress": True, **extra}
-    teacher = Run("teacher", "teacher", args.seed, "train.py", {
-        "model_name": "teacher", **common, "seed": args.seed, **preset["teacher"],
-        **({"epochs": args.teacher_epochs} if args.teacher_epochs else {}), "run_name": "teacher"})
     recipe = {**preset["student"], "teacher_arch": preset["teacher"]["teacher_arch"]}
     layers = {"common": common, "recipe": recipe, "epochs": {}, "splits": {}, "unlabeled": preset.get("unlabeled"),
               "kd": {"teacher_weights": os.path.join(weights, "teacher_last.pth")} if is_seeded(args, preset) else {}}
-    few = None
+    rows = ["scratch", *(preset.get("scratch_rows", ["scratch_all"]) if "few_labels" in preset else []),
+            *(args.methods.split(",") if args.methods else preset["methods"])]
+    few, t_few = None, {}
     if "few_labels" in preset:
-        few, layers["splits"], layers["unlabeled"] = few_labels(args, preset, data, {**extra, **recipe})
+        t_recipe = {**common, **preset["teacher"]}
+        few, layers["splits"], layers["unlabeled"], t_few = few_labels(args, preset, data, {**extra, **recipe},
+                                                                       t_recipe, rows)
         layers["epochs"] = {"epochs": few["epochs"]}
-        few["teacher_batch"] = int({**common, **preset["teacher"]}["batch_size"])
+    teacher = Run("teacher", "teacher", args.seed, "train.py", {
+        "model_name": "teacher", **common, "seed": args.seed, **preset["teacher"], **t_few,
+        **({"epochs": args.teacher_epochs} if args.teacher_epochs else {}), "run_name": "teacher"})
     if args.student_epochs:
         layers["epochs"] = {"epochs": args.student_epochs}
-    rows = ["scratch", *(["scratch_all"] if few else []), *(args.methods.split(",") if args.methods else
-                                                            preset["methods"])]
     plan = Plan(teacher, [student_run(preset, m, seed, layers) for m in rows for seed in seeds], few)
     return select_modes(args, plan)
 
@@ -177,7 +181,7 @@ def student_run(preset, method, seed, layers):
     name, scratch = f"{method}_s{seed}", method.startswith("scratch")
     head = {"model_name": "light"} if scratch else {"kd_method": method.removesuffix(UNLABELED).replace("+", ","),
                                                     "model_name": "light"}
-    splits = layers["splits"].get(method, layers["splits"].get("*", {}))
+    splits = split_flags(layers["splits"], method)
     flags = {**head, **layers["common"], "seed": seed, **layers["recipe"], **layers["epochs"], **splits,
              **method_flags(preset, method, layers["unlabeled"]), "run_name": name, **({} if scratch else layers["kd"])}
     return Run(name, method, seed, "train.py" if scratch else "train_kd.py", flags)
@@ -204,24 +208,70 @@ def few_label_epochs(epochs, full_steps, steps):
     return -(-epochs * full_steps // steps)
 
 
-def few_labels(args, preset, data, recipe):
-    """camvid_few: (the table's numbers, {method: its split flags}, the '@u' rows' flags). Every student trains on
-    the labelled quarter ('*') but scratch_all, on every label with as many steps per epoch as the labelled quarter
-    gives; the '@u' rows' pool is the --split's. The students' epochs: the camvid table's scratch budget in steps, in
-    whole epochs of the labelled split. recipe: the students' flags so far (--extra, then the preset's)."""
+def split_flags(splits, method):
+    """A row's few-label split flags: its own entry, else the '@u' rows' (UNLABELED), else every row's ('*')."""
+    if method in splits:
+        return splits[method]
+    return splits.get(UNLABELED if method.endswith(UNLABELED) and UNLABELED in splits else "*", {})
+
+
+def few_labels(args, preset, data, recipe, t_recipe, rows):
+    """The few-label presets: (the table's numbers, {method: its split flags}, the '@u' rows' flags, the teacher's
+    split flags). Every student trains on the labelled quarter but the scratch_all rows, on every label with as many
+    steps per epoch as the labelled quarter gives; the '@u' rows' pool is the --split's. The students' epochs: the
+    camvid table's scratch budget in steps, in whole epochs of the labelled split. recipe: the students' flags so far
+    (--extra, then the preset's); t_recipe: the teacher's. Numbers counted from the splits' own lists."""
     import dataset
 
     labelled, pool = preset["few_labels"][args.split]
     full = SPLITS[args.split][0].get("train_split", "train")
-    batch = int(recipe["batch_size"])
-    n, n_all = (len(dataset.build_dataset(preset["dataset"], data["root_dir"], "train", (8, 8), train=False,
-                                          cache=False, train_split=split).files) for split in (labelled, full))
-    steps = reports.batches_per_pass(n, batch)
-    epochs = few_label_epochs(int(recipe["epochs"]), reports.batches_per_pass(n_all, batch), steps)
-    return ({"epochs": epochs, "steps_per_epoch": steps, "batch": min(batch, n), "batch_all": min(batch, n_all),
-             "n_all": n_all, "unlabeled_batch": preset["unlabeled_batch"]},
-            {"*": {"train_split": labelled}, "scratch_all": {"train_split": full, "steps_per_epoch": steps}},
-            {"unlabeled": pool, "unlabeled_batch": preset["unlabeled_batch"]})
+    masks = {split: {pair[1] for pair in dataset.build_dataset(preset["dataset"], data["root_dir"], "train", (8, 8),
+                                                               train=False, cache=False, train_split=split).files}
+             for split in (labelled, full)}
+    n, n_all = len(masks[labelled]), len(masks[full])
+    batch, u = int(recipe["batch_size"]), int(preset["unlabeled_batch"])
+    full_steps = reports.batches_per_pass(n_all, batch)  # the camvid table's scratch student's steps per epoch
+    steps = reports.batches_per_pass(n, int(preset.get("images_per_step", batch)))
+    epochs = few_label_epochs(int(recipe["epochs"]), full_steps, steps)
+    splits = {"*": {"train_split": labelled}, "scratch_all": {"train_split": full, "steps_per_epoch": steps}}
+    t_few, t_split = {}, full
+    if "images_per_step" in preset:
+        splits, t_few = honest_splits(args, preset, (labelled, full), (n, n_all, batch, int(recipe["epochs"])),
+                                      t_recipe)
+        t_split = labelled
+    t_batch = int(t_recipe["batch_size"])
+    few = {"epochs": epochs, "steps_per_epoch": steps, "teacher_batch": t_batch, "teacher_frames": len(masks[t_split]),
+           "rows": {}}
+    for method in rows:
+        flags, scratch = split_flags(splits, method), method.startswith("scratch")
+        b, split = int(flags.get("batch_size", batch)), masks[flags["train_split"]]
+        few["rows"][method] = {"steps_per_epoch": int(flags.get("steps_per_epoch") or
+                                                      reports.batches_per_pass(len(split), b)),
+                               "batch": min(b, len(split)), "unlabeled_batch": u if method.endswith(UNLABELED) else 0,
+                               # the masks its networks learned from: its own split's, and its teacher's
+                               "masks": len(split if scratch else split | masks[t_split])}
+    return few, splits, {"unlabeled": pool, "unlabeled_batch": u}, t_few
+
+
+def honest_splits(args, preset, names, sizes, t_recipe):
+    """camvid_few's ({method: split flags}, the teacher's flags): every student row takes `images_per_step` images a
+    step (labelled-only rows that batch, '@u' rows that less unlabeled_batch labelled ones) and the labelled quarter's
+    steps per epoch at that batch; scratch_all_b8 is the full-teacher table's scratch_all (batch 8, 11 steps an epoch);
+    the teacher trains on the labelled split for as many steps as the camvid teacher on every label."""
+    (labelled, full), (n, n_all, batch, epochs) = names, sizes
+    per_step, u = int(preset["images_per_step"]), int(preset["unlabeled_batch"])
+    steps = reports.batches_per_pass(n, per_step)
+    b8_steps = reports.batches_per_pass(n, batch)
+    b8 = {"train_split": full, "steps_per_epoch": b8_steps}
+    if not args.student_epochs:  # its own epochs: the camvid table's scratch steps in epochs of b8_steps
+        b8["epochs"] = few_label_epochs(epochs, reports.batches_per_pass(n_all, batch), b8_steps)
+    splits = {"*": {"train_split": labelled, "batch_size": per_step, "steps_per_epoch": steps},
+              UNLABELED: {"train_split": labelled, "batch_size": per_step - u, "steps_per_epoch": steps},
+              "scratch_all": {"train_split": full, "batch_size": per_step, "steps_per_epoch": steps},
+              "scratch_all_b8": b8}
+    t_batch, t_epochs = int(t_recipe["batch_size"]), int(t_recipe["epochs"])
+    return splits, {"train_split": labelled, "epochs": few_label_epochs(
+        t_epochs, reports.batches_per_pass(n_all, t_batch), reports.batches_per_pass(n, t_batch))}
 
 
 # ---- the data ---------------------------------------------------------------------------------------------------
@@ -367,7 +417,8 @@ def seeded_report(args, plan, results, out, weights, data):
     table = reports.seeded_rows(results["teacher"], methods, ms, plan.few)
     reports.write_seeded(out, table, methods, verdict, (args.preset, args.split),
                          len(args.seeds.split(",")) if args.seeds else 1, PRESETS[args.preset].get("chosen_on", {}),
-                         extra_columns=("unlabeled", "steps", "images_seen") if plan.few else ())
+                         extra_columns=("unlabeled", "steps", "images_seen", *PRESETS[args.preset].get(
+                             "table_columns", ())) if plan.few else ())
 
 
 def main(args):

@@ -182,30 +182,42 @@ def batches_per_pass(n, batch):
 
 def budget(method, epochs, shape):
     """(unlabeled 0/1, optimizer steps, images seen) of a student row of the few-label table. shape: the plan's
-    few-label numbers (steps_per_epoch, batch, batch_all, unlabeled_batch)."""
+    few-label numbers of the row (steps_per_epoch, batch, unlabeled_batch)."""
     steps = epochs * shape["steps_per_epoch"]
-    extra = int(shape["unlabeled_batch"]) if method.endswith(UNLABELED) else 0
-    labelled = shape["batch_all"] if method == "scratch_all" else shape["batch"]
-    return int(method.endswith(UNLABELED)), steps, steps * (labelled + extra)
+    return int(method.endswith(UNLABELED)), steps, steps * (shape["batch"] + shape["unlabeled_batch"])
 
 
 def seeded_rows(teacher, methods, ms, few=None):
     """The seeded table's rows: summarize's, with train time, ms/image and, for the few-label table, each row's
-    budget. teacher: its final_miou; methods: by_method's; ms: {"teacher": ..., "regular": ...} ('' when untimed);
-    few: the plan's few-label numbers, with the teacher's batch as "teacher_batch"."""
+    budget, masks and share of the label gap. teacher: its final_miou; methods: by_method's; ms: {"teacher": ...,
+    "regular": ...} ('' when untimed); few: the plan's few-label numbers (experiments.few_labels)."""
     table = summarize({m: [r[0] for _, r in runs] for m, runs in methods.items()}, teacher[0])
     for row in table:
         method = row["method"]
         seconds = [teacher[3]] if method == "teacher" else [r[3] for _, r in methods[method]]
         row["train_min"] = round(sum(seconds) / len(seconds) / 60, 2)
         row["ms_per_image"] = ms["teacher" if method == "teacher" else "regular"]
-        if few and method == "teacher":  # its own epochs of full passes over every labelled frame
-            t_steps = len(teacher[1]) * batches_per_pass(few["n_all"], few["teacher_batch"])
+        if few and method == "teacher":  # its own epochs of full passes over its labelled frames
+            t_steps = len(teacher[1]) * batches_per_pass(few["teacher_frames"], few["teacher_batch"])
             row["unlabeled"], row["steps"], row["images_seen"] = 0, t_steps, t_steps * min(few["teacher_batch"],
-                                                                                           few["n_all"])
+                                                                                           few["teacher_frames"])
+            row["masks"] = few["teacher_frames"]
         elif few:
-            row["unlabeled"], row["steps"], row["images_seen"] = budget(method, len(methods[method][0][1][1]), few)
+            row["unlabeled"], row["steps"], row["images_seen"] = budget(method, len(methods[method][0][1][1]),
+                                                                        few["rows"][method])
+            row["masks"] = few["rows"][method]["masks"]
+    if few:
+        label_gap(table)
     return table
+
+
+def label_gap(table):
+    """Each row's label_gap_recovered, (row - scratch) / (scratch_all - scratch), means over seeds, both at the
+    table's images per step ('' without a finished scratch_all or when it does not lead scratch)."""
+    means = {r["method"]: r["mean_miou"] for r in table}
+    gap = means["scratch_all"] - means["scratch"] if "scratch_all" in means else 0
+    for row in table:
+        row["label_gap_recovered"] = (row["mean_miou"] - means["scratch"]) / gap if gap > 0 else ""
 
 
 def write_seeded(out, table, methods, verdict, title, n_seeds, chosen_on=None, extra_columns=()):

@@ -1,6 +1,7 @@
 """The seeded table (experiments.py --seeds ... --split dev) on a tiny CamVid folder: one CLI run shared by the tests
 that read it; every number checked against the runs' own logs, computed here independently. The few-label preset
-(camvid_few) runs it, as it has every kind of row (scratch, scratch_all, a combination with unlabelled images)."""
+with a teacher on every label (camvid_few_full_teacher) runs it, as it has every kind of row (scratch, scratch_all, a
+combination with unlabelled images); tests/test_few_labels.py holds camvid_few's own."""
 import csv
 import json
 import os
@@ -32,9 +33,9 @@ def write_camvid(root, rng, n_dev=4, n_other=6):
 
 
 def command(root, out, *more, seeds="0,1", methods=METHOD):
-    return [os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few", "--root_dir", str(root), "--img_size",
-            "24", "32", "--teacher_epochs", "1", "--student_epochs", "2", "--seeds", seeds, "--methods", methods,
-            "--split", "dev", "--out_dir", str(out), "--num_workers", "0", "--device", "cpu", "--jobs", "2",
+    return [os.path.join(ROOT, "experiments.py"), "--preset", "camvid_few_full_teacher", "--root_dir", str(root),
+            "--img_size", "24", "32", "--teacher_epochs", "1", "--student_epochs", "2", "--seeds", seeds, "--methods",
+            methods, "--split", "dev", "--out_dir", str(out), "--num_workers", "0", "--device", "cpu", "--jobs", "2",
             "--extra", "--batch_size 2", *more]
 
 
@@ -286,9 +287,10 @@ def big_camvid(tmp_path_factory):
 
 
 def few_plan(root, *flags):
-    args = experiments.get_args_parser().parse_args(["--preset", "camvid_few", "--root_dir", str(root), *flags])
+    args = experiments.get_args_parser().parse_args(["--preset", "camvid_few_full_teacher", "--root_dir", str(root),
+                                                     *flags])
     data = {"dataset": "camvid", "root_dir": str(root), "img_size": ["24", "32"]}
-    return experiments.make_plan(args, experiments.PRESETS["camvid_few"], data, "/w")
+    return experiments.make_plan(args, experiments.PRESETS["camvid_few_full_teacher"], data, "/w")
 
 
 def test_few_label_students_get_the_camvid_tables_steps(big_camvid):
