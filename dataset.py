@@ -397,6 +397,9 @@ def get_args_parser():
     parser.add_argument("--max_objects", type=int, default=3, help="synthetic: 1 to this many objects per image")
     parser.add_argument("--num_extra", type=int, default=0,
                         help="synthetic: this many more training images, listed with train's in train_large.txt")
+    parser.add_argument("--num_unlabeled", type=int, default=0,
+                        help="synthetic: this many more images, drawn last, listed in unlabeled.txt alone (for "
+                             "--unlabeled split:unlabeled)")
     parser.add_argument("--check", action="store_true",
                         help="load both splits of --dataset, print their sizes and a class histogram")
     parser.add_argument("--resize", nargs=2, type=int, metavar=("H", "W"),
@@ -427,7 +430,7 @@ def main(args):
             root = make_synthetic_voc(args.make_synthetic, args.num_train, args.num_val,
                                       (args.height, args.width), args.seed, classes=args.classes,
                                       radius=tuple(args.radius), max_objects=args.max_objects,
-                                      num_extra=args.num_extra)
+                                      num_extra=args.num_extra, num_unlabeled=args.num_unlabeled)
             print(f"wrote {args.num_train} train + {args.num_val} val synthetic images; "
                   f"use --dataset voc --root_dir {root}")
         if args.download == "voc" and (args.dataset != "voc" or args.resize) and not args.check:

@@ -90,7 +90,7 @@ def synthetic_sample(h, w, rng, classes=None, radius=(0.15, 0.3), max_objects=3)
 
 
 def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0, classes=None,
-                       radius=(0.15, 0.3), max_objects=3, num_extra=0):
+                       radius=(0.15, 0.3), max_objects=3, num_extra=0, num_unlabeled=0):
     """Write a VOC-layout set of textured shapes to out_dir/VOCdevkit/VOC2012; returns out_dir,
     the value to pass as --root_dir. The same seed gives the same files.
 
@@ -98,7 +98,10 @@ def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0
     label space, just never drawn); radius: an object's size as a fraction of the shorter side, drawn
     uniformly from this range; max_objects: 1 to this many objects per image. num_extra > 0: that many more
     training images, listed with train's in ImageSets/Segmentation/train_large.txt (--train_split train_large),
-    a larger set for a teacher, as torchvision's VOC teacher was trained on COCO, far more than VOC's train."""
+    a larger set for a teacher, as torchvision's VOC teacher was trained on COCO, far more than VOC's train.
+    num_unlabeled > 0: that many more images, drawn after all the others and listed in unlabeled.txt only, for
+    --unlabeled split:unlabeled: images no teacher trained on train_large has seen (their masks are written, as the
+    VOC layout wants a mask per listed image, and read by nothing that trains: the pool ignores them)."""
     h, w = parse_size(size)
     if classes is not None and not (len(classes) and all(1 <= int(c) <= 20 for c in classes)):
         raise ValueError(f"classes must be ids in 1..20, got {classes}")
@@ -110,8 +113,10 @@ def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0
     rng = np.random.default_rng(seed)
     splits = {"train": [f"synth_{i:05d}" for i in range(num_train)],
               "val": [f"synth_{i:05d}" for i in range(num_train, num_train + num_val)]}
-    extra = [f"synth_{i:05d}" for i in range(num_train + num_val, num_train + num_val + num_extra)]
-    for ids in (*splits.values(), extra):  # extras drawn last: train and val equal those of num_extra=0
+    first = num_train + num_val
+    extra = [f"synth_{i:05d}" for i in range(first, first + num_extra)]
+    unlabeled = [f"synth_{i:05d}" for i in range(first + num_extra, first + num_extra + num_unlabeled)]
+    for ids in (*splits.values(), extra, unlabeled):  # drawn in this order: each split is as without the later ones
         for i in ids:
             image, label = synthetic_sample(h, w, rng, classes, radius, max_objects)
             Image.fromarray(image).save(os.path.join(base, "JPEGImages", f"{i}.jpg"), quality=90)
@@ -121,12 +126,15 @@ def make_synthetic_voc(out_dir, num_train=64, num_val=16, size=(96, 128), seed=0
     splits["trainval"] = splits["train"] + splits["val"]
     if num_extra:
         splits["train_large"] = splits["train"] + extra
+    if num_unlabeled:
+        splits["unlabeled"] = unlabeled
     for name, ids in splits.items():
         with open(os.path.join(lists, f"{name}.txt"), "w") as f:
             f.write("".join(f"{i}\n" for i in ids))
     # What made these files, so that a caller can tell a set made with other settings from its own.
     with open(os.path.join(os.path.abspath(out_dir), SYNTHETIC_RECIPE), "w") as f:
-        json.dump(synthetic_recipe(num_train, num_val, size, seed, classes, radius, max_objects, num_extra), f)
+        json.dump(synthetic_recipe(num_train, num_val, size, seed, classes, radius, max_objects, num_extra,
+                                   num_unlabeled), f)
     return os.path.abspath(out_dir)
 
 
@@ -134,11 +142,13 @@ SYNTHETIC_RECIPE = "synthetic.json"
 
 
 def synthetic_recipe(num_train=64, num_val=16, size=(96, 128), seed=0, classes=None, radius=(0.15, 0.3),
-                     max_objects=3, num_extra=0):
-    """make_synthetic_voc's arguments as plain JSON types (what it writes to ROOT/synthetic.json)."""
+                     max_objects=3, num_extra=0, num_unlabeled=0):
+    """make_synthetic_voc's arguments as plain JSON types (what it writes to ROOT/synthetic.json); num_unlabeled
+    only when given, so a set written before it existed keeps its recipe."""
     return {"num_train": int(num_train), "num_val": int(num_val), "size": list(parse_size(size)),
             "seed": int(seed), "classes": None if classes is None else [int(c) for c in classes],
-            "radius": [float(r) for r in radius], "max_objects": int(max_objects), "num_extra": int(num_extra)}
+            "radius": [float(r) for r in radius], "max_objects": int(max_objects), "num_extra": int(num_extra),
+            **({"num_unlabeled": int(num_unlabeled)} if num_unlabeled else {})}
 
 
 def class_name(c):

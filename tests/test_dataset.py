@@ -254,3 +254,22 @@ def test_a_lister_returns_the_pairs_of_the_split_asked_for(synthetic_root):
     ids = open(os.path.join(synthetic_root, "VOCdevkit", "VOC2012", "ImageSets", "Segmentation", "val.txt")).read()
     assert info is VOC and isinstance(listing, Listing) and listing.used == "val"
     assert [os.path.basename(m)[:-4] for _, m in listing.pairs] == ids.split()
+
+
+def test_synthetic_unlabeled_images_are_new_and_leave_the_other_splits_as_they_were(tmp_path):
+    lists = lambda root: os.path.join(root, "VOCdevkit", "VOC2012", "ImageSets", "Segmentation")  # noqa: E731
+    read = lambda root, name: open(os.path.join(lists(root), f"{name}.txt")).read().split()  # noqa: E731
+    large = make_synthetic_voc(str(tmp_path / "large"), num_train=4, num_val=2, size=(16, 16), seed=3, num_extra=5)
+    both = make_synthetic_voc(str(tmp_path / "both"), num_train=4, num_val=2, size=(16, 16), seed=3, num_extra=5,
+                              num_unlabeled=3)
+    for name in ("train", "val", "train_large"):  # drawn last: every earlier split is byte for byte as before
+        assert read(both, name) == read(large, name)
+        for i in read(large, name):
+            a, b = (os.path.join(r, "VOCdevkit", "VOC2012", "JPEGImages", f"{i}.jpg") for r in (large, both))
+            assert open(a, "rb").read() == open(b, "rb").read()
+    pool = read(both, "unlabeled")
+    assert len(pool) == 3 and not set(pool) & set(read(both, "train_large") + read(both, "val"))
+    jpeg = lambda i: open(os.path.join(both, "VOCdevkit", "VOC2012", "JPEGImages", f"{i}.jpg"), "rb").read()  # noqa
+    seen = {jpeg(i) for i in read(both, "train_large")}
+    assert not any(jpeg(i) in seen for i in pool)  # new pictures, not copies of the teacher's
+    assert not os.path.exists(os.path.join(lists(large), "unlabeled.txt"))
