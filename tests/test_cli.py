@@ -303,10 +303,12 @@ def test_ctrl_c_saves_weights_and_keeps_last_checkpoint(synthetic_root, tmp_path
 
 
 def test_experiments_recipe_runs_and_skips_finished_steps(torch_home, tmp_path):
-    # a small set of the demo's kind: the students' train split and the teacher's larger train_large
+    # a small set of the demo's kind: the students' train split, the teacher's larger train_large and the new
+    # images of the @u rows
     from dataset import make_synthetic_voc
 
-    root = make_synthetic_voc(str(tmp_path / "data"), num_train=8, num_val=4, size=(40, 48), num_extra=8)
+    root = make_synthetic_voc(str(tmp_path / "data"), num_train=8, num_val=4, size=(40, 48), num_extra=8,
+                              num_unlabeled=8)
     args = [script("experiments.py"), "--preset", "demo", "--root_dir", root, "--out_dir",
             str(tmp_path / "out"), "--teacher_epochs", "1", "--student_epochs", "1", "--num_workers", "0",
             "--device", "cpu", "--img_size", "32", "--extra", "--batch_size 4"]
@@ -318,7 +320,7 @@ def test_experiments_recipe_runs_and_skips_finished_steps(torch_home, tmp_path):
     for name in ("teacher", "student from scratch", "student, response KD", "student, feature KD",
                  "student, response KD + unlabelled images", "student, feature KD + unlabelled images"):
         assert f"| {name} |" in table
-    assert "unlabeled: 16 images from split:train_large" in (tmp_path / "out" / "response@u_s0.out").read_text()
+    assert "unlabeled: 8 images from split:unlabeled" in (tmp_path / "out" / "response@u_s0.out").read_text()
     assert (tmp_path / "out" / "curves.png").is_file()
     # every student at one thread count, the odd one out (five students, two at a time) included
     threads = {line.split(" (started, ")[0]: line.split(" (started, ")[1].split(" thread")[0]

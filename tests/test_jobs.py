@@ -68,7 +68,7 @@ def test_a_run_is_its_flags_turned_into_argv_once():
     flags = [w for w in argv if w.startswith("--")]
     assert len(flags) == len(set(flags))  # no flag twice, so no order decides which one wins
     assert argv[:5] == ["train_kd.py", "--kd_method", "response", "--model_name", "light"]
-    assert argv[argv.index("--unlabeled"):argv.index("--unlabeled") + 4] == ["--unlabeled", "split:train_large",
+    assert argv[argv.index("--unlabeled"):argv.index("--unlabeled") + 4] == ["--unlabeled", "split:unlabeled",
                                                                              "--unlabeled_batch", "8"]
     assert argv[-2:] == ["--run_name", "response@u_s0"]
 
