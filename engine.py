@@ -116,11 +116,13 @@ def make_autocast(device, enabled):
     return torch.autocast(device.type, dtype=dtype), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-def to_device(images, targets, device, channels_last):
+def images_to_device(images, device, channels_last):
     images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def to_device(images, targets, device, channels_last):
+    return images_to_device(images, device, channels_last), targets.to(device, non_blocking=True)
 
 
 def train_one_epoch(model, criterion, optimizer, loader, device, epoch, *, autocast=None, scaler=None,
@@ -139,7 +141,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, *, autoc
     for step, (images, targets, *teacher_view) in enumerate(bar):
         images, targets = to_device(images, targets, device, channels_last)
         # A loader may give the teacher a view of its own (--unlabeled_views weak_strong): handed to the loss as it is
-        view = {"teacher_images": to_device(teacher_view[0], targets, device, channels_last)[0]} if teacher_view else {}
+        view = {"teacher_images": images_to_device(teacher_view[0], device, channels_last)} if teacher_view else {}
         with autocast:
             outputs = model(images, needs=criterion.needs)  # {name: output}: model.py's forward convention
             losses = criterion(images, outputs, targets, **view)
