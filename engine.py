@@ -60,6 +60,11 @@ def get_args_parser(description, add_help=True):
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--weight_decay", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=30, help="early stopping on --monitor; 0 disables it")
+    p.add_argument("--eval_every", type=int, default=1,
+                   help="score the val split every N epochs and after the last; the other epochs log no val numbers "
+                        "and RUN_best.pth sees only scored epochs. The weights are those of --eval_every 1 (a skipped "
+                        "score still draws the random number the val loader would have); needs --patience 0 and "
+                        "--scheduler poly or none, which would otherwise count or step on the skipped epochs")
     p.add_argument("--delta", type=float, default=0.0, help="minimum improvement of --monitor that resets the patience")
     p.add_argument("--monitor", default="loss", choices=["loss", "miou"],
                    help="what the plateau scheduler, early stopping and RUN_best.pth watch: val loss (lower is "
@@ -94,10 +99,15 @@ def check_args(args, parser, rules=()):
         ("weight_decay", lambda v: v >= 0, "must be >= 0"),
         ("num_workers", lambda v: v >= -1, "must be >= 0, or -1 (auto)"),
         ("steps_per_epoch", lambda v: v >= 0, "must be >= 0 (0: one pass over the training split)"),
+        ("eval_every", lambda v: v >= 1, "must be at least 1 (1: score the val split after every epoch)"),
     ]
     for name, ok, why in [*common, *rules]:
         if hasattr(args, name) and not ok(getattr(args, name)):
             parser.error(f"--{name} {getattr(args, name)}: {why}")
+    if getattr(args, "eval_every", 1) > 1 and (args.patience > 0 or args.scheduler == "plateau"):
+        parser.error(f"--eval_every {args.eval_every}: early stopping (--patience {args.patience}) and the plateau "
+                     f"scheduler (--scheduler {args.scheduler}) watch every epoch's val score; pass --patience 0 and "
+                     "--scheduler poly (or none), or --eval_every 1")
     try:
         parse_size(args.img_size)
     except (ValueError, DatasetError) as e:
@@ -308,7 +318,7 @@ def check_compatible(ckpt, args, info, path):
 # checkpoint is part of the recipe (data, split, sizes, augmentation, optimizer, schedule, seed, loss weights ...).
 # A script adds its own such flags (fit's may_change).
 RUN_CONTROL = {"resume", "device", "num_workers", "no_progress", "log_interval", "num_vis", "save_dir", "root_dir",
-               "download", "run_name", "compile", "channels_last", "sync_bn"}
+               "download", "run_name", "compile", "channels_last", "sync_bn", "eval_every"}
 
 
 def check_same_recipe(ckpt, args, path, may_change=()):
@@ -380,7 +390,10 @@ class TrainState:
         self.rng, self.finished = sd["rng"], bool(sd.get("finished"))
 
     def end_epoch(self, epoch, parts, val_loss, res, seconds):
-        """Step the plateau scheduler, early stopping and the history; returns (record, improved)."""
+        """Step the plateau scheduler, early stopping and the history; returns (record, improved). res None: an
+        epoch that --eval_every does not score (its record has no val keys, and nothing watches it)."""
+        if res is None:
+            return self._record(epoch, parts, {}, seconds), False
         miou = res["miou"]
         watched = miou if self.monitor == "miou" else val_loss
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -391,17 +404,29 @@ class TrainState:
             self.best, self.best_miou, self.bad_epochs = score, miou, 0
         else:
             self.bad_epochs += 1
-        record = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}, "val_loss": val_loss,
-                  "val_miou": miou, "val_pixel_acc": res["pixel_acc"], "lr": self.optimizer.param_groups[0]["lr"],
-                  "epoch_time_s": round(seconds, 3)}
+        return self._record(epoch, parts, {"val_loss": val_loss, "val_miou": miou, "val_pixel_acc": res["pixel_acc"]},
+                            seconds), improved
+
+    def _record(self, epoch, parts, val, seconds):
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in parts.items()}, **val,
+                  "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": round(seconds, 3)}
         self.history.append(record)
         self.epoch = epoch
         self.finished = self.stopped_early or epoch == self.epochs - 1
-        return record, improved
+        return record
 
     @property
     def stopped_early(self):
         return self.patience > 0 and self.bad_epochs >= self.patience
+
+
+def skip_evaluation(loader):
+    """An epoch left unscored by --eval_every: start the val loader's iterator without reading a batch. Starting
+    it draws a base seed (torch's _BaseDataLoaderIter: from the loader's generator, else the global RNG), so the
+    training that follows takes the random numbers it takes with every epoch scored (tests/test_eval_every.py
+    compares the weights). Without workers this reads nothing; with persistent workers they prefetch a batch or
+    two, which the next scored epoch's iterator drops."""
+    iter(loader)
 
 
 def write_checkpoint(path, state, meta, full=True):
@@ -480,9 +505,14 @@ def fit(args, mode, model, criterion, data, device, meta=None, may_change=()):
                                     autocast=autocast, scaler=state.scaler, log_interval=args.log_interval,
                                     scheduler_step=state.scheduler.step if poly else None, **loop)
             utils.average_buffers(model)
-            cm, val_loss, _ = evaluate(model, data.val_loader, device, info.num_classes, info.ignore_index,
-                                       autocast=autocast, **loop)
-            record, improved = state.end_epoch(epoch, parts, val_loss, cm.compute(), time.time() - t0)
+            if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
+                cm, val_loss, _ = evaluate(model, data.val_loader, device, info.num_classes, info.ignore_index,
+                                           autocast=autocast, **loop)
+                scores = (val_loss, cm.compute())
+            else:
+                skip_evaluation(data.val_loader)
+                scores = (None, None)
+            record, improved = state.end_epoch(epoch, parts, *scores, time.time() - t0)
             error = None
             if main_proc:
                 try:
@@ -565,9 +595,11 @@ def write_epoch(state, record, improved, paths, meta, args, run, info):
     # mixed two runs, and a half-done rerun over a finished log read as finished), a resumed one continues its own
     utils.write_jsonl(paths["log.jsonl"], state.history)
     utils.plot_curves(state.history, paths["curves.png"], title=f"{run}: {args.model_name} on {info.name}")
-    print(f"{run} epoch {record['epoch']}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
-          f"val mIoU {record['val_miou']:.4f} (best {args.monitor}: {abs(state.best):.4f}), "
-          f"lr {record['lr']:.2e}, {record['epoch_time_s']:.1f}s" + (" *" if improved else ""))
+    scored = (f"val loss {record['val_loss']:.4f}, val mIoU {record['val_miou']:.4f} " if "val_miou" in record
+              else f"val not scored (--eval_every {args.eval_every}) ")
+    print(f"{run} epoch {record['epoch']}: loss {record['train_loss']:.4f}, {scored}"
+          f"(best {args.monitor}: {abs(state.best):.4f}), lr {record['lr']:.2e}, {record['epoch_time_s']:.1f}s"
+          + (" *" if improved else ""))
 
 
 def run_cli(main_fn, parser, rules=()):

@@ -1,0 +1,40 @@
+"""--eval_every N: the weights equal those of a run that scores every epoch (a skipped score still draws the random
+number the val loader draws), the scored epochs' numbers are the same, the others log no val keys, and the flags that
+would watch the skipped epochs are refused by name."""
+import pytest
+import torch
+
+import engine
+import train_kd
+from test_unlabeled import args_for, setup  # noqa: F401 - its data (4 labelled, train_large), light teacher, flags
+
+# MGD's random masks and the weak/strong views' cutout draw from the global RNG after every epoch's val pass: a
+# skipped pass that drew nothing would change them (seen: the weights differ with skip_evaluation a no-op)
+FLAGS = ["--epochs", "3", "--patience", "0", "--scheduler", "poly", "--kd_method", "response,mgd", "--mgd_hidden", "8",
+         "--unlabeled", "split:train_large", "--unlabeled_views", "weak_strong", "--strong_cutout", "1"]
+
+
+def test_weights_and_scored_epochs_equal_those_of_scoring_every_epoch(setup, tmp_path):
+    train_kd.main(args_for(setup, tmp_path / "every", *FLAGS))
+    train_kd.main(args_for(setup, tmp_path / "second", *FLAGS, "--eval_every", "2"))
+    a, b = (torch.load(tmp_path / d / "response_mgd_last.pth", weights_only=True) for d in ("every", "second"))
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    every, second = a["history"], b["history"]
+    assert [h["epoch"] for h in second] == [0, 1, 2]
+    assert "val_miou" not in second[0] and "val_loss" not in second[0]  # epoch 0: (0 + 1) % 2 != 0
+    for epoch in (1, 2):  # every second epoch, and the last
+        assert second[epoch]["val_miou"] == every[epoch]["val_miou"]
+        assert second[epoch]["val_loss"] == every[epoch]["val_loss"]
+    assert [h["train_loss"] for h in second] == [h["train_loss"] for h in every]
+
+
+@pytest.mark.parametrize("flags, named", [(["--patience", "5", "--scheduler", "poly"], "--patience 5"),
+                                          (["--patience", "0", "--scheduler", "plateau"], "--scheduler plateau"),
+                                          (["--eval_every", "0"], "must be at least 1")])
+def test_flags_that_watch_skipped_epochs_are_refused(flags, named, capsys):
+    parser = train_kd.get_args_parser()
+    args = parser.parse_args(["--eval_every", "3", *flags])
+    with pytest.raises(SystemExit):
+        engine.check_args(args, parser)
+    assert named in capsys.readouterr().err
