@@ -4,6 +4,7 @@ learning as an average of the student, and the checks of their flags (train_kd.p
     python train_kd.py --kd_method pseudo --unlabeled split:train --unlabeled_views weak_strong   # FixMatch's loss
     python train_kd.py --kd_method cwd,pseudo --unlabeled photos/ --pseudo_threshold 0.9
     python train_kd.py --kd_method pseudo --unlabeled photos/ --teacher_arch light --ema_teacher 0.99   # Mean Teacher
+    python train_kd.py --kd_method pseudo --unlabeled photos/ --teacher_arch light --student_init teacher  # ST
 
 The weak and strong views themselves are data (unlabeled.py, dataset.strong_colour_ops); the loss takes the
 teacher's view as its teacher_images (losses.py's contract). `pseudo` is a method of losses.py's registry, registered
@@ -17,10 +18,11 @@ import torch.nn.functional as F
 from losses import METHODS, Flag, Method, register
 from model import build_model
 from segdata.common import IGNORE_INDEX
-from teacher import FrozenTeacher, load_teacher
-from utils import UserError
+from teacher import FrozenTeacher, load_teacher, resolve_teacher_weights
+from utils import UserError, is_main
 
 EMA_INITS = ("weights", "student")  # --ema_init: where an EMA teacher starts
+STUDENT_INITS = ("random", "teacher")  # --student_init: where the student starts
 
 
 class FlagError(UserError):
@@ -135,3 +137,23 @@ def ema_teacher(args, student, num_classes, device):
     if args.ema_init == "student":
         teacher.net.load_state_dict(student.state_dict())
     return teacher, f"{source}, then an EMA of the student (decay {args.ema_teacher})"
+
+
+def init_student(args, student, num_classes):
+    """--student_init teacher: the student starts from the teacher's weights (found as load_teacher finds them), as
+    self-training's next generation continues from the last (ST++, Yang et al., CVPR 2022, re-trains from scratch;
+    Noisy Student, Xie et al., CVPR 2020, may start from the teacher). A resume loads the checkpoint's weights over
+    these. The architectures must match parameter for parameter."""
+    if args.student_init == "random":
+        return
+    sd, source = resolve_teacher_weights(args.teacher_arch, num_classes, args.teacher_weights, args.save_dir)
+    layout = {n: tuple(t.shape) for n, t in student.state_dict().items()}
+    if layout != {n: tuple(t.shape) for n, t in sd.items()}:
+        raise FlagError(f"--student_init teacher: the teacher weights {source} do not fit the student "
+                        f"(--model_name {args.model_name}, {num_classes} classes); give weights of the student's "
+                        "architecture (--teacher_weights, --teacher_arch "
+                        f"{args.model_name}) or drop --student_init")
+    student.load_state_dict(sd)
+    if is_main():
+        print(f"student: starts from the teacher's weights ({source})")
+

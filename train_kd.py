@@ -79,6 +79,10 @@ def get_args_parser():
     e.add_argument("--ema_init", default="weights", choices=semi.EMA_INITS,
                    help="where an EMA teacher starts: the teacher's weights (--teacher_weights ...) or the "
                         "student's initial weights")
+    e.add_argument("--student_init", default="random", choices=semi.STUDENT_INITS,
+                   help="random: the student starts from its architecture's init (the original); teacher: from the "
+                        "teacher's weights (--teacher_weights ...; one architecture): self-training continues the "
+                        "teacher on the unlabelled images")
     # The original train_kd.py: AdamW, a stronger photometric augmentation, and schedule/early stopping/best
     # checkpoint on val mIoU (its train.py watched val loss).
     p.set_defaults(optimizer="adamw", augment="kd", monitor="miou")
@@ -133,6 +137,7 @@ def main(args):
     with engine.session(args) as device:
         data = engine.build_data(args, device)
         model, meta = train.build_network(args, data.info.num_classes)
+        semi.init_student(args, model, data.info.num_classes)
         criterion = build_criterion(args, model, data.info, device)
         add_unlabeled(args, data, criterion)
         return engine.fit(args, args.kd_method.replace(",", "_"), model, criterion, data, device, meta,

@@ -216,3 +216,27 @@ def test_every_method_at_once_with_both_views_and_an_ema_teacher(setup, tmp_path
     assert {f"train_{cls.part}" for cls in METHODS.values()} <= log.keys()
     assert all(np.isfinite(v) for v in log.values())
     assert result["criterion"].carried() is result["criterion"].teacher
+
+
+# --------------------------------------------------------------------------- the student's start
+def test_student_init_teacher_starts_the_student_from_the_teacher_file(setup, tmp_path, monkeypatch):
+    """--student_init teacher: the weights that enter the training loop are the teacher file's, tensor for tensor
+    (random: the architecture's init, which differs); a student of another architecture is refused by name."""
+    started = {}
+
+    def fit(args, mode, net, *a, **k):
+        started[args.student_init] = {k: v.clone() for k, v in net.state_dict().items()}
+
+    monkeypatch.setattr(engine, "fit", fit)
+    # the fixture's teacher is the light init of seed 0, the student's own: a trained teacher differs from it
+    teacher = {k: v + 1 if v.is_floating_point() else v
+               for k, v in torch.load(setup["teacher"], weights_only=True).items()}
+    torch.save(teacher, tmp_path / "trained.pth")
+    for init in semi.STUDENT_INITS:
+        train_kd.main(args_for(setup, tmp_path / init, "--student_init", init, "--teacher_weights",
+                               str(tmp_path / "trained.pth")))
+    assert set(started["teacher"]) == set(teacher)
+    assert all(torch.equal(started["teacher"][k], teacher[k]) for k in teacher)
+    assert not torch.equal(started["random"]["classifier.weight"], teacher["classifier.weight"])
+    with pytest.raises(utils.UserError, match="--student_init teacher: the teacher weights .* do not fit the student"):
+        train_kd.main(args_for(setup, tmp_path / "best", "--student_init", "teacher", "--model_name", "best"))
