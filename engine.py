@@ -597,8 +597,9 @@ def write_epoch(state, record, improved, paths, meta, args, run, info):
     utils.plot_curves(state.history, paths["curves.png"], title=f"{run}: {args.model_name} on {info.name}")
     scored = (f"val loss {record['val_loss']:.4f}, val mIoU {record['val_miou']:.4f} " if "val_miou" in record
               else f"val not scored (--eval_every {args.eval_every}) ")
+    best = f"{abs(state.best):.4f}" if math.isfinite(state.best) else "none yet"
     print(f"{run} epoch {record['epoch']}: loss {record['train_loss']:.4f}, {scored}"
-          f"(best {args.monitor}: {abs(state.best):.4f}), lr {record['lr']:.2e}, {record['epoch_time_s']:.1f}s"
+          f"(best {args.monitor}: {best}), lr {record['lr']:.2e}, {record['epoch_time_s']:.1f}s"
           + (" *" if improved else ""))
 
 

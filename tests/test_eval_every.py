@@ -14,9 +14,12 @@ FLAGS = ["--epochs", "3", "--patience", "0", "--scheduler", "poly", "--kd_method
          "--unlabeled", "split:train_large", "--unlabeled_views", "weak_strong", "--strong_cutout", "1"]
 
 
-def test_weights_and_scored_epochs_equal_those_of_scoring_every_epoch(setup, tmp_path):
+def test_weights_and_scored_epochs_equal_those_of_scoring_every_epoch(setup, tmp_path, capsys):
     train_kd.main(args_for(setup, tmp_path / "every", *FLAGS))
+    capsys.readouterr()
     train_kd.main(args_for(setup, tmp_path / "second", *FLAGS, "--eval_every", "2"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if " epoch 0:" in line]
+    assert lines and "val not scored (--eval_every 2) (best miou: none yet)" in lines[0]
     a, b = (torch.load(tmp_path / d / "response_mgd_last.pth", weights_only=True) for d in ("every", "second"))
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
