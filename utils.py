@@ -96,7 +96,22 @@ def run_cli(main_fn, args, exit_code=None):
         _stop(2)
     except KeyboardInterrupt:
         _stop(130)
+    except Exception as e:  # Ctrl-C inside a C extension's import (matplotlib's, at the first epoch's curves) comes
+        if not _interrupted(e):  # out as "ImportError: initialization failed" raised from the KeyboardInterrupt
+            raise
+        _stop(130)
     sys.exit(exit_code(result) if exit_code else 0)
+
+
+def _interrupted(error):
+    """True when a KeyboardInterrupt is in the error's chain of causes and contexts."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _stop(code):

@@ -360,3 +360,28 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(synthetic_root, tmp
     last = torch.load(tmp_path / "regular_last.pth", weights_only=True)
     assert last["epoch"] == 0 and not last["finished"]
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("link", ["cause", "context"])
+def test_ctrl_c_inside_an_import_exits_130_and_other_errors_still_raise(link):
+    """Ctrl-C while a C extension initialises (matplotlib at the first epoch's curves) surfaces as an ImportError
+    chained to the KeyboardInterrupt: the command still stops as Ctrl-C does (130); an error without one is raised."""
+    import utils
+
+    def interrupted_import(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as k:
+            if link == "cause":
+                raise ImportError("initialization failed") from k
+            raise ImportError("initialization failed")
+
+    with pytest.raises(SystemExit) as exit_:
+        utils.run_cli(interrupted_import, None)
+    assert exit_.value.code == 130
+
+    def broken(args):
+        raise ImportError("initialization failed")
+
+    with pytest.raises(ImportError):
+        utils.run_cli(broken, None)
