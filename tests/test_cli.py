@@ -363,10 +363,16 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(synthetic_root, tmp
 
 
 @pytest.mark.parametrize("link", ["cause", "context"])
-def test_ctrl_c_inside_an_import_exits_130_and_other_errors_still_raise(link):
+def test_ctrl_c_inside_an_import_exits_130_and_other_errors_still_raise(link, monkeypatch):
     """Ctrl-C while a C extension initialises (matplotlib at the first epoch's curves) surfaces as an ImportError
-    chained to the KeyboardInterrupt: the command still stops as Ctrl-C does (130); an error without one is raised."""
+    chained to the KeyboardInterrupt: the command still stops as Ctrl-C does (130); an error without one is raised.
+    (_stop leaves a Ctrl-C by os._exit, which would end pytest: here it raises the SystemExit it was asked for.)"""
     import utils
+
+    def stop(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(utils, "_stop", stop)
 
     def interrupted_import(args):
         try:
