@@ -61,10 +61,8 @@ def get_args_parser(description, add_help=True):
     p.add_argument("--weight_decay", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=30, help="early stopping on --monitor; 0 disables it")
     p.add_argument("--eval_every", type=int, default=1,
-                   help="score the val split every N epochs and after the last; the other epochs log no val numbers "
-                        "and RUN_best.pth sees only scored epochs. The weights are those of --eval_every 1 (a skipped "
-                        "score still draws the random number the val loader would have); needs --patience 0 and "
-                        "--scheduler poly or none, which would otherwise count or step on the skipped epochs")
+                   help="score the val split every N epochs and after the last (RUN_best.pth sees only those); the "
+                        "weights are those of --eval_every 1; needs --patience 0 and --scheduler poly or none")
     p.add_argument("--delta", type=float, default=0.0, help="minimum improvement of --monitor that resets the patience")
     p.add_argument("--monitor", default="loss", choices=["loss", "miou"],
                    help="what the plateau scheduler, early stopping and RUN_best.pth watch: val loss (lower is "
@@ -420,15 +418,6 @@ class TrainState:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
 
-def skip_evaluation(loader):
-    """An epoch left unscored by --eval_every: start the val loader's iterator without reading a batch. Starting
-    it draws a base seed (torch's _BaseDataLoaderIter: from the loader's generator, else the global RNG), so the
-    training that follows takes the random numbers it takes with every epoch scored (tests/test_eval_every.py
-    compares the weights). Without workers this reads nothing; with persistent workers they prefetch a batch or
-    two, which the next scored epoch's iterator drops."""
-    iter(loader)
-
-
 def write_checkpoint(path, state, meta, full=True):
     """Every checkpoint of a run, written from its one state: full (RUN_last.pth, the resume point) or the network
     alone (RUN_best.pth, RUN_interrupted.pth: small files for test.py, predict.py and export.py)."""
@@ -505,13 +494,13 @@ def fit(args, mode, model, criterion, data, device, meta=None, may_change=()):
                                     autocast=autocast, scaler=state.scaler, log_interval=args.log_interval,
                                     scheduler_step=state.scheduler.step if poly else None, **loop)
             utils.average_buffers(model)
+            scores = (None, None)  # an epoch --eval_every leaves unscored: no val keys, nothing watches it
             if (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1:
                 cm, val_loss, _ = evaluate(model, data.val_loader, device, info.num_classes, info.ignore_index,
                                            autocast=autocast, **loop)
                 scores = (val_loss, cm.compute())
-            else:
-                skip_evaluation(data.val_loader)
-                scores = (None, None)
+            else:  # starting the iterator draws its base seed (from the global RNG without a generator), so the
+                iter(data.val_loader)  # training goes on as with every epoch scored (tests/test_eval_every.py)
             record, improved = state.end_epoch(epoch, parts, *scores, time.time() - t0)
             error = None
             if main_proc:

@@ -25,7 +25,7 @@ def read_csv(path):
 def final_miou(log_path, hist=None):
     """(last epoch's val mIoU, epochs, val mIoU per epoch, training seconds) from RUN_log.jsonl (or its lines)."""
     hist = hist if hist is not None else read_log(log_path)
-    scored = [h for h in hist if "val_miou" in h]  # --eval_every N scores every Nth epoch and the last
+    scored = utils.scored(hist)
     return hist[-1]["val_miou"], [h["epoch"] for h in scored], [h["val_miou"] for h in scored], \
         sum(h["epoch_time_s"] for h in hist)
 
@@ -114,7 +114,7 @@ def write_table(out, results_csv, methods, weights, steps, preset, wall, jobs):
     curves = {}
     for run, method in methods.items():
         r, t = rows[run], steps.get(run)
-        hist = [h for h in read_log(os.path.join(weights, f"{run}_log.jsonl")) if "val_miou" in h]  # scored epochs
+        hist = utils.scored(read_log(os.path.join(weights, f"{run}_log.jsonl")))
         best = max(hist, key=lambda h: h["val_miou"])["epoch"] if hist else "-"
         if method != "teacher" and hist:
             curves[display_name(method)] = ([h["epoch"] for h in hist], [h["val_miou"] for h in hist])

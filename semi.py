@@ -147,13 +147,12 @@ def init_student(args, student, num_classes):
     if args.student_init == "random":
         return
     sd, source = resolve_teacher_weights(args.teacher_arch, num_classes, args.teacher_weights, args.save_dir)
-    layout = {n: tuple(t.shape) for n, t in student.state_dict().items()}
-    if layout != {n: tuple(t.shape) for n, t in sd.items()}:
+    try:  # strict: every name and shape, as load_teacher loads the teacher
+        student.load_state_dict(sd)
+    except RuntimeError:
         raise FlagError(f"--student_init teacher: the teacher weights {source} do not fit the student "
                         f"(--model_name {args.model_name}, {num_classes} classes); give weights of the student's "
-                        "architecture (--teacher_weights, --teacher_arch "
-                        f"{args.model_name}) or drop --student_init")
-    student.load_state_dict(sd)
+                        f"architecture (--teacher_weights, --teacher_arch {args.model_name}) or drop --student_init"
+                        ) from None
     if is_main():
         print(f"student: starts from the teacher's weights ({source})")
-

@@ -373,6 +373,11 @@ def _plt():
     return plt
 
 
+def scored(history):
+    """The records of a run's history that hold a val score (--eval_every N scores every Nth epoch and the last)."""
+    return [h for h in history if "val_miou" in h]
+
+
 def plot_curves(history, path, title=""):
     """history: list of per-epoch dicts with 'epoch', 'train_loss', 'val_miou' (and 'val_loss' optional)."""
     plt = _plt()
@@ -382,9 +387,9 @@ def plot_curves(history, path, title=""):
     for key in sorted({k for h in history for k in h if k.startswith("train_") and k != "train_loss"}):
         ax1.plot(epochs, [h.get(key, math.nan) for h in history], label=key.replace("train_", "train "), alpha=0.7)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
-    scored = [h for h in history if "val_miou" in h]  # --eval_every N: every Nth epoch and the last
-    ax2.plot([h["epoch"] for h in scored], [h["val_miou"] for h in scored], color="C3", label="val mIoU",
-             marker="." if len(scored) < len(history) else None)
+    val = scored(history)
+    ax2.plot([h["epoch"] for h in val], [h["val_miou"] for h in val], color="C3", label="val mIoU",
+             marker="." if len(val) < len(history) else None)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("mIoU"), ax2.legend(), ax2.grid(alpha=0.3)
     fig.suptitle(title)
     atomic_write_bytes(path, _figure_bytes(fig))

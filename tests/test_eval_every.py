@@ -9,7 +9,7 @@ import train_kd
 from test_unlabeled import args_for, setup  # noqa: F401 - its data (4 labelled, train_large), light teacher, flags
 
 # MGD's random masks and the weak/strong views' cutout draw from the global RNG after every epoch's val pass: a
-# skipped pass that drew nothing would change them (seen: the weights differ with skip_evaluation a no-op)
+# skipped pass that drew nothing would change them (seen: the weights differ without fit's iter(val_loader))
 FLAGS = ["--epochs", "3", "--patience", "0", "--scheduler", "poly", "--kd_method", "response,mgd", "--mgd_hidden", "8",
          "--unlabeled", "split:train_large", "--unlabeled_views", "weak_strong", "--strong_cutout", "1"]
 
