@@ -200,17 +200,23 @@ def seeded_rows(teacher, methods, ms, few=None):
         row["train_min"] = round(sum(seconds) / len(seconds) / 60, 2)
         row["ms_per_image"] = ms["teacher" if method == "teacher" else "regular"]
         if few and method == "teacher":  # its own epochs of full passes over its labelled frames
-            t_steps = len(teacher[1]) * batches_per_pass(few["teacher_frames"], few["teacher_batch"])
+            t_steps = trained_epochs(teacher) * batches_per_pass(few["teacher_frames"], few["teacher_batch"])
             row["unlabeled"], row["steps"], row["images_seen"] = 0, t_steps, t_steps * min(few["teacher_batch"],
                                                                                            few["teacher_frames"])
             row["masks"] = few["teacher_frames"]
         elif few:
-            row["unlabeled"], row["steps"], row["images_seen"] = budget(method, len(methods[method][0][1][1]),
+            row["unlabeled"], row["steps"], row["images_seen"] = budget(method, trained_epochs(methods[method][0][1]),
                                                                         few["rows"][method])
             row["masks"] = few["rows"][method]["masks"]
     if few:
         label_gap(table)
     return table
+
+
+def trained_epochs(result):
+    """A final_miou result's epochs trained: its last epoch's index + 1 (its epoch list holds the scored ones only,
+    every Nth under --eval_every N; the last is always scored)."""
+    return result[1][-1] + 1
 
 
 def label_gap(table):

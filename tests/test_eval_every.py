@@ -41,3 +41,21 @@ def test_flags_that_watch_skipped_epochs_are_refused(flags, named, capsys):
     with pytest.raises(SystemExit):
         engine.check_args(args, parser)
     assert named in capsys.readouterr().err
+
+
+def test_the_few_label_table_counts_every_trained_epoch_not_the_scored_ones():
+    """A log of 10 epochs scored every 5th (epochs 4 and 9): the table's budget is 10 epochs of steps, as the teacher
+    and the students trained them (seen: 2 epochs, when the scored records were counted)."""
+    import reports
+
+    hist = [{"epoch": e, "epoch_time_s": 1.0, **({"val_miou": 0.1 * e} if e in (4, 9) else {})} for e in range(10)]
+    result = reports.final_miou("", hist)
+    few = {"teacher_frames": 12, "teacher_batch": 4,
+           "rows": {"scratch": {"steps_per_epoch": 3, "batch": 4, "unlabeled_batch": 0, "masks": 12},
+                    "response@u": {"steps_per_epoch": 3, "batch": 2, "unlabeled_batch": 2, "masks": 12}}}
+    methods = {"scratch": [("scratch_s0", result)], "response@u": [("response@u_s0", result)]}
+    rows = {r["method"]: r for r in reports.seeded_rows(result, methods, {"teacher": "", "regular": ""}, few)}
+    assert (rows["teacher"]["steps"], rows["teacher"]["images_seen"]) == (10 * 3, 10 * 3 * 4)  # 12 // 4 a pass
+    assert (rows["scratch"]["steps"], rows["scratch"]["images_seen"]) == (30, 30 * 4)
+    assert (rows["response@u"]["unlabeled"], rows["response@u"]["steps"], rows["response@u"]["images_seen"]) == \
+        (1, 30, 30 * (2 + 2))
