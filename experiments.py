@@ -440,4 +440,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    utils.run_cli(main, get_args_parser().parse_args())  # Ctrl-C: exit 130, no traceback (runner.interrupt)

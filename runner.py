@@ -7,12 +7,14 @@ Kept apart from experiments.py (DeiT's run_with_submitit.py beside main.py), so 
 (tests/test_jobs.py) with steps that only sleep.
 """
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+GRACE_S = 30  # seconds a step has to save its weights after a Ctrl-C
 
 
 def cpu_cores():
@@ -43,6 +45,30 @@ def step_threads(n_steps, jobs, cores):
     return [max(1, cores // max(1, min(jobs, n_steps)))] * n_steps
 
 
+def interrupt(procs, settle=None):
+    """After a Ctrl-C: give each step still running GRACE_S to stop on SIGINT (saving RUN_interrupted.pth), then end
+    it; say how to go on. Each step runs in its own session, so that a terminal's Ctrl-C reaches it once, from here
+    (a second SIGINT would cut its save short); one started from a background shell ignores SIGINT, and is ended at
+    the grace's end.
+    settle(deadline): the pool's wait, which lets the relays show the steps' last lines as they end."""
+    deadline = time.time() + GRACE_S
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    if settle:
+        settle(deadline)
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+    if settle:
+        settle(time.time() + 5)  # the ended ones' last lines too
+    print("interrupted: the steps stopped; the same command resumes each from its last finished epoch",
+          file=sys.stderr, flush=True)
+
+
 def progress_line(line):
     return "it/s]" in line or "s/it]" in line
 
@@ -54,12 +80,16 @@ def run_step(name, argv, log_path):
     print(f"\n=== {name}: python {' '.join(argv)}", flush=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if not progress_line(line):
-                print(line, end="", flush=True)
-        proc.wait()
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # see interrupt()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if not progress_line(line):
+                    print(line, end="", flush=True)
+            proc.wait()
+        except KeyboardInterrupt:
+            interrupt([proc])
+            raise
     if proc.returncode != 0:
         raise SystemExit(f"step {name} failed (exit {proc.returncode}); its output is in {log_path}")
     return time.time() - t0
@@ -101,7 +131,7 @@ class _Pool:
                         self.changed.wait()
                     raise SystemExit(self.failed[0])
             except KeyboardInterrupt:
-                self.stop_all()
+                interrupt([proc for proc, _ in self.running.values()], settle=self.settle)
                 raise
         return self.seconds
 
@@ -109,7 +139,8 @@ class _Pool:
         name, argv, log_path = step
         print(f"\n=== {name} (started, {threads} thread{'s' * (threads > 1)}): python {' '.join(argv)}", flush=True)
         proc = subprocess.Popen([sys.executable, *argv], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                                start_new_session=True)  # see interrupt()
         self.running[name] = (proc, threads)
         threading.Thread(target=self.relay, args=(name, proc, log_path, time.time()), daemon=True).start()
 
@@ -128,6 +159,10 @@ class _Pool:
             if proc.returncode != 0:
                 self.failed.append(f"step {name} failed (exit {proc.returncode}); its output is in {log_path}")
             self.changed.notify_all()
+
+    def settle(self, deadline):
+        while self.running and time.time() < deadline:
+            self.changed.wait(timeout=1)
 
     def stop_all(self):
         for proc, _ in self.running.values():

@@ -208,3 +208,43 @@ def test_with_one_job_the_steps_run_in_turn_in_the_foreground(tmp_path, capsys):
     assert "=== a: python -c" in capsys.readouterr().out
 
 
+
+
+def test_ctrl_c_reaches_each_step_once_lets_it_save_and_exits_130(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the runner's whole process group): each step gets exactly one SIGINT, from the
+    runner (a second would cut a save short), and its last lines are relayed; a step that ignores SIGINT (started
+    from a background shell) is ended at the grace's end; the command exits 130 with one line, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    counting = ("import signal, sys, time; n = []; signal.signal(signal.SIGINT, lambda *a: n.append(1)); "
+                "print('saver running', flush=True); t = time.time()\n"
+                "while not n and time.time() - t < 60: time.sleep(0.05)\n"
+                "time.sleep(1); print(f'saver saved after {len(n)} SIGINT', flush=True); sys.exit(130)")
+    deaf = ("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('deaf running', flush=True); "
+            "time.sleep(60)")
+    steps = [("saver", ["-c", counting], str(tmp_path / "saver.out")),
+             ("deaf", ["-c", deaf], str(tmp_path / "deaf.out"))]
+    driver = (f"import runner, utils; runner.GRACE_S = 4; "
+              f"utils.run_cli(lambda _: runner.run_steps({steps!r}, jobs=2, cores=2), None)")
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stdout:  # the relayed lines: both steps are running
+        seen.append(line)
+        if sum(x.startswith(("[saver] saver running", "[deaf] deaf running")) for x in seen) == 2:
+            break
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    out = "".join(seen) + out
+    assert proc.returncode == 130, err[-2000:]
+    assert "[saver] saver saved after 1 SIGINT" in out, out
+    assert "=== deaf: ended after" in out and time.time() - t0 < 30  # ended by the runner, not by its 60 s sleep
+    assert "interrupted: the steps stopped; the same command resumes" in err and "Traceback" not in err, err
