@@ -208,8 +208,6 @@ def test_with_one_job_the_steps_run_in_turn_in_the_foreground(tmp_path, capsys):
     assert "=== a: python -c" in capsys.readouterr().out
 
 
-
-
 def test_ctrl_c_reaches_each_step_once_lets_it_save_and_exits_130(tmp_path):
     """A terminal's Ctrl-C (SIGINT to the runner's whole process group): each step gets exactly one SIGINT, from the
     runner (a second would cut a save short), and its last lines are relayed; a step that ignores SIGINT (started
