@@ -161,8 +161,7 @@ def train_one_epoch(model, criterion, optimizer, loader, device, epoch, *, autoc
             scheduler_step()
         if after_step is not None:
             after_step(model)
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        sums = {k: sums.get(k, 0.0) + v.detach().float() for k, v in losses.items()}
         count += 1
         if (step + 1) % log_interval == 0:
             loss = utils.all_reduce_mean(losses["loss"].detach().float()).item()
@@ -561,7 +560,8 @@ def resume(state, args, last_path, info, may_change):
     check_same_recipe(ckpt, args, path, may_change)
     state.load_state_dict(ckpt, path)
     if utils.is_main():
-        print(f"resumed from {path}: epoch {state.epoch} done, best val mIoU {state.best_miou:.4f}")
+        print(f"resumed from {path}: epoch {state.epoch} done, best val mIoU "  # none yet: --eval_every skipped all
+              + (f"{state.best_miou:.4f}" if state.best_miou >= 0 else "none yet"))
 
 
 def wrap_for_training(model, criterion, args, device):

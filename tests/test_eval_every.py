@@ -32,6 +32,24 @@ def test_weights_and_scored_epochs_equal_those_of_scoring_every_epoch(setup, tmp
     assert [h["train_loss"] for h in second] == [h["train_loss"] for h in every]
 
 
+def test_a_resume_before_the_first_score_says_none_yet(setup, tmp_path, capsys):
+    """A run stopped after epoch 0 of --eval_every 2 has scored nothing: its resume line says so (seen: "best val
+    mIoU -1.0000", the unscored start value). The checkpoint is the finished run's, set back to epoch 0 as written
+    then (the stopping state and history of an unscored epoch 0)."""
+    train_kd.main(args_for(setup, tmp_path / "whole", *FLAGS, "--epochs", "2", "--eval_every", "2"))
+    ckpt = torch.load(tmp_path / "whole" / "response_mgd_last.pth", weights_only=False)
+    assert "val_miou" not in ckpt["history"][0]
+    ckpt.update(epoch=0, best_miou=-1.0, history=ckpt["history"][:1], finished=False)
+    ckpt["early_stopping"].update(best=-float("inf"), bad_epochs=0)
+    (tmp_path / "cut").mkdir()
+    torch.save(ckpt, tmp_path / "cut" / "response_mgd_last.pth")
+    capsys.readouterr()
+    train_kd.main(args_for(setup, tmp_path / "cut", *FLAGS, "--epochs", "2", "--eval_every", "2", "--resume", "auto"))
+    out = capsys.readouterr().out
+    assert f"resumed from {tmp_path / 'cut' / 'response_mgd_last.pth'}: epoch 0 done, best val mIoU none yet" in out
+    assert " epoch 1: " in out and "-1.0000" not in out
+
+
 @pytest.mark.parametrize("flags, named", [(["--patience", "5", "--scheduler", "poly"], "--patience 5"),
                                           (["--patience", "0", "--scheduler", "plateau"], "--scheduler plateau"),
                                           (["--eval_every", "0"], "must be at least 1")])
