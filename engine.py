@@ -560,8 +560,8 @@ def resume(state, args, last_path, info, may_change):
     check_same_recipe(ckpt, args, path, may_change)
     state.load_state_dict(ckpt, path)
     if utils.is_main():
-        print(f"resumed from {path}: epoch {state.epoch} done, best val mIoU "  # none yet: --eval_every skipped all
-              + (f"{state.best_miou:.4f}" if state.best_miou >= 0 else "none yet"))
+        print(f"resumed from {path}: epoch {state.epoch} done, best val mIoU "  # none yet: as write_epoch's line
+              + (f"{state.best_miou:.4f}" if math.isfinite(state.best) else "none yet"))
 
 
 def wrap_for_training(model, criterion, args, device):
